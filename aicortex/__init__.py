@@ -1,2 +1,95 @@
-"""aicortex: talk to many Ollama servers as if they were one."""
-__version__ = "0.1.0"
+"""aicortex: talk to many Ollama servers as if they were one.
+
+A SQLite registry knows which server has which model; ``chat()`` streams the reply
+token by token as timestamped events and, when a server fails before or during the
+reply, goes on on the next one without losing or repeating a word. Every reply gets
+TTFT and tokens/s figures.
+
+    >>> from aicortex import chat                         # doctest: +SKIP
+    >>> for event in chat("Why is the sky blue?", model="llama3.2", stream=True):
+    ...     if event.type == "token":
+    ...         print(event.content, end="", flush=True)
+
+Importing this package opens no file and no connection; httpx and sqlite-utils are
+loaded when the first :class:`Client` is built.
+"""
+
+from ._client import Client, chat, list_model_servers, models, refresh
+from ._config import Timeouts
+from ._exceptions import (
+    AICortexError,
+    AllServersFailed,
+    BadRequest,
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    DeadlineExceeded,
+    FirstTokenTimeout,
+    HTTPStatusError,
+    IncompleteStream,
+    InvalidURL,
+    ModelNotFound,
+    OllamaError,
+    ProtocolError,
+    RegistryError,
+    ServerError,
+    ServerModelNotFound,
+    StallTimeout,
+    TimeoutError,
+)
+from ._models import Attempt, ModelEntry, Reply, Server, StreamEvent, Usage
+from ._stream import Stream
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    # functions
+    "chat",
+    "models",
+    "list_model_servers",
+    "refresh",
+    # objects
+    "Client",
+    "Registry",
+    "Stream",
+    "StreamEvent",
+    "Reply",
+    "Usage",
+    "Attempt",
+    "Server",
+    "ModelEntry",
+    "Timeouts",
+    # exceptions
+    "AICortexError",
+    "ConfigError",
+    "InvalidURL",
+    "RegistryError",
+    "ModelNotFound",
+    "ServerError",
+    "ConnectError",
+    "TimeoutError",
+    "ConnectTimeout",
+    "FirstTokenTimeout",
+    "StallTimeout",
+    "HTTPStatusError",
+    "BadRequest",
+    "ServerModelNotFound",
+    "OllamaError",
+    "ProtocolError",
+    "IncompleteStream",
+    "DeadlineExceeded",
+    "AllServersFailed",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Registry imports sqlite-utils: load it on first use, not at import (PEP 562).
+    if name == "Registry":
+        from ._registry import Registry
+
+        return Registry
+    raise AttributeError(f"module 'aicortex' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

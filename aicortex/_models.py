@@ -1,0 +1,197 @@
+"""Frozen value objects: events, servers, attempts, usage figures and replies.
+
+Units are in the names: ``*_s`` seconds (float), ``*_ns`` nanoseconds (int, as Ollama
+reports durations), timestamps are Unix seconds (float, ``time.time()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from ._exceptions import AICortexError
+
+__all__ = ["StreamEvent", "EventType", "Usage", "Attempt", "Reply", "Server", "ModelEntry"]
+
+EventType = Literal["start", "token", "thinking", "tool_call", "tool_result", "error", "meta", "reset", "end"]
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One timestamped event of a streamed reply.
+
+    Fields:
+        type: ``"start"`` (once, first), ``"token"`` (reply text), ``"thinking"``
+            (``message.thinking`` text, not part of ``text()``), ``"tool_call"`` (one
+            complete call from ``message.tool_calls``), ``"error"`` (an attempt failed;
+            ``content`` is the reason, ``server`` the server), ``"meta"`` (failover
+            notices, ``meta={"failover": "restart" | "continue", ...}``), ``"reset"``
+            (the text so far is discarded: the reply restarts), ``"end"`` (once, last,
+            only when a reply completed). ``"tool_result"`` is reserved.
+        content: token or thinking text; the message for ``"error"``; ``""`` otherwise.
+        index: 0-based token number across the reply for ``"token"``; ``None`` otherwise.
+        tool_name, tool_args: for ``"tool_call"``: function name and argument object.
+        tool_result: reserved for ``"tool_result"``.
+        meta: extra data (``"meta"``, ``"start"``, ``"end"``, ``"error"``) or ``None``.
+        timestamp: Unix seconds when aicortex produced the event.
+        server: URL of the server the event came from; ``None`` for ``"start"``.
+        attempt: 1-based number of the attempt the event belongs to.
+    """
+
+    type: EventType
+    content: str = ""
+    index: int | None = None
+    tool_name: str | None = None
+    tool_args: Mapping[str, Any] | None = None
+    tool_result: Any = None
+    meta: Mapping[str, Any] | None = None
+    timestamp: float = 0.0
+    server: str | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Server-reported figures from the final ``done: true`` chunk (Ollama /api/chat).
+
+    Every field is ``None`` when the server left it out (Go ``omitempty`` drops zeros).
+    Durations are integer nanoseconds, as Ollama reports them.
+    """
+
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    total_duration_ns: int | None = None
+    load_duration_ns: int | None = None
+    prompt_eval_duration_ns: int | None = None
+    eval_duration_ns: int | None = None
+    done_reason: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Server-reported generation speed: ``eval_count / eval_duration`` (tokens/s)."""
+        if not self.eval_count or not self.eval_duration_ns:
+            return None
+        return self.eval_count / (self.eval_duration_ns / 1e9)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One server tried for one request.
+
+    Fields:
+        server: the server's URL.
+        number: 1-based attempt number.
+        error: the :class:`~aicortex.ServerError` (or other :class:`AICortexError`) that
+            ended it, or ``None`` if it produced the reply.
+        ttft_s: seconds from this attempt's request to its first content/thinking chunk,
+            ``None`` if none arrived.
+        tokens: content tokens this attempt delivered to the caller.
+        started_at: Unix seconds when the attempt began.
+        elapsed_s: seconds the attempt lasted.
+        mode: ``"fresh"`` for the first attempt or one after a failure before any
+            output, ``"restart"`` or ``"continue"`` after a mid-stream failure.
+    """
+
+    server: str
+    number: int
+    error: AICortexError | None = None
+    ttft_s: float | None = None
+    tokens: int = 0
+    started_at: float = 0.0
+    elapsed_s: float = 0.0
+    mode: str = "fresh"
+
+    @property
+    def ok(self) -> bool:
+        """True when this attempt produced the reply."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A complete, non-streamed reply (``chat(..., stream=False)``).
+
+    Fields:
+        text: the reply's content (no thinking).
+        message: the assistant message as Ollama shapes it:
+            ``{"role": "assistant", "content": str, "thinking"?: str, "tool_calls"?: list}``.
+        usage: server-reported figures of the final chunk, or ``None``.
+        server: URL of the server that produced the reply.
+        attempts: every attempt in order, the last one successful.
+        ttft_s: seconds from the request to the first content/thinking chunk.
+        tokens_per_second: client-measured tokens/s after the first token, or ``None``.
+        model: the model name asked for.
+
+    ``str(reply)`` is ``reply.text``.
+    """
+
+    text: str
+    message: Mapping[str, Any]
+    usage: Usage | None
+    server: str
+    attempts: tuple[Attempt, ...]
+    ttft_s: float | None
+    tokens_per_second: float | None = None
+    model: str = ""
+
+    @property
+    def thinking(self) -> str:
+        """The reply's thinking text (``message.thinking``), ``""`` if none."""
+        return str(self.message.get("thinking", ""))
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """Tool calls of the reply (``message.tool_calls``), ``[]`` if none."""
+        return list(self.message.get("tool_calls", []))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model one server lists (Ollama /api/tags), with its /api/ps state.
+
+    ``size`` is in bytes; ``details`` is Ollama's details object (family,
+    parameter_size, quantization_level...).
+    """
+
+    name: str
+    digest: str = ""
+    size: int = 0
+    details: Mapping[str, Any] = field(default_factory=dict)
+    modified_at: str = ""
+    loaded: bool = False
+
+
+@dataclass(frozen=True)
+class Server:
+    """One registered Ollama server (a row of the registry's ``servers`` table).
+
+    Fields:
+        url: normalised base URL, e.g. ``"http://gpu1:11434"``.
+        name: a short name, unique (defaults to ``host:port``).
+        priority: higher is tried first among servers with equal health.
+        enabled: disabled servers are kept but never used.
+        status: ``"up"``, ``"down"`` or ``"unknown"`` (never probed) after the last refresh.
+        version: Ollama version from /api/version, or ``None``.
+        last_seen_at: Unix seconds of the last successful probe, or ``None``.
+        last_error: the last probe or request error text, or ``None``.
+        probe_latency_s: seconds the last /api/version probe took, or ``None``.
+        models: model names this server listed at the last refresh (/api/tags).
+        loaded: model names loaded at the last refresh (/api/ps).
+        added_at: Unix seconds when it was registered.
+    """
+
+    url: str
+    name: str
+    priority: int = 0
+    enabled: bool = True
+    status: str = "unknown"
+    version: str | None = None
+    last_seen_at: float | None = None
+    last_error: str | None = None
+    probe_latency_s: float | None = None
+    models: tuple[str, ...] = ()
+    loaded: tuple[str, ...] = ()
+    added_at: float = 0.0

@@ -1,0 +1,341 @@
+"""Sans-IO Ollama protocol: request bodies, the NDJSON decoder, chunk parsing.
+
+Nothing here does I/O; every function takes and returns plain values, so it is tested
+without sockets and shared by the sync and async drivers. Protocol facts cite
+``ollama-protocol.md`` sections (Ollama ``api/types.go``, ``server/routes.go``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from ._exceptions import ConfigError, ProtocolError
+from ._models import ModelEntry, Usage
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "NDJSONDecoder",
+    "Chunk",
+    "parse_chunk",
+    "build_messages",
+    "build_chat_body",
+    "continuation_messages",
+    "error_text",
+    "model_key",
+    "parse_tags",
+    "parse_ps",
+    "parse_version",
+]
+
+#: Longest NDJSON line accepted, in bytes (1 MiB). A token chunk is ~150 bytes; a final
+#: chunk with big tool calls a few KiB. Longer lines are a protocol error, not memory use.
+MAX_LINE_BYTES = 1 << 20
+
+
+class NDJSONDecoder:
+    """Incremental NDJSON decoder: ``feed(bytes) -> list[dict]``, then ``flush()``.
+
+    Safe at any byte boundary (a line, or a UTF-8 character, may be split across
+    feeds), skips blank lines (``\\n`` or ``\\r\\n``), and caps the line length.
+
+    Raises (both from ``feed`` and ``flush``):
+        ProtocolError: a line that is not a JSON object, or longer than ``max_line_bytes``.
+    """
+
+    __slots__ = ("_buf", "_max", "_server")
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES, server: str | None = None) -> None:
+        self._buf = b""
+        self._max = max_line_bytes
+        self._server = server
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Add bytes; return the complete JSON objects they finish, in order."""
+        buf = self._buf + data if self._buf else data
+        if b"\n" not in data:
+            if len(buf) > self._max:
+                self._buf = b""
+                raise self._too_long(len(buf))
+            self._buf = buf
+            return []
+        *lines, self._buf = buf.split(b"\n")
+        if len(self._buf) > self._max:
+            raise self._too_long(len(self._buf))
+        out = []
+        for line in lines:
+            if len(line) > self._max:
+                raise self._too_long(len(line))
+            if line.strip():
+                out.append(self._decode(line))
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        """End of input: decode a final unterminated line, if any.
+
+        Raises:
+            ProtocolError: the tail is not a complete JSON object (a truncated line).
+        """
+        tail, self._buf = self._buf, b""
+        if not tail.strip():
+            return []
+        return [self._decode(tail, truncated=True)]
+
+    def _decode(self, line: bytes, truncated: bool = False) -> dict[str, Any]:
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            what = "truncated NDJSON line at end of stream" if truncated else "malformed NDJSON line"
+            raise ProtocolError(f"{what}: {_preview(line)}", server=self._server) from exc
+        if not isinstance(obj, dict):
+            raise ProtocolError(
+                f"NDJSON line is not a JSON object: {_preview(line)}", server=self._server
+            )
+        return obj
+
+    def _too_long(self, size: int) -> ProtocolError:
+        return ProtocolError(
+            f"NDJSON line longer than {self._max} bytes ({size}+ bytes)", server=self._server
+        )
+
+
+def _preview(data: bytes, limit: int = 80) -> str:
+    text = data[:limit].decode("utf-8", "replace")
+    return repr(text) + ("..." if len(data) > limit else "")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One /api/chat stream chunk, reduced to what a client acts on.
+
+    ``error`` is set (and everything else empty) for an ``{"error": ...}`` line; it is
+    checked first, as the real server may add ``done``/``done_reason`` beside it.
+    ``usage`` is set only on the ``done: true`` chunk.
+    """
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    done: bool = False
+    error: str | None = None
+    usage: Usage | None = None
+
+
+_USAGE_FIELDS = (
+    ("prompt_eval_count", "prompt_eval_count"),
+    ("eval_count", "eval_count"),
+    ("total_duration", "total_duration_ns"),
+    ("load_duration", "load_duration_ns"),
+    ("prompt_eval_duration", "prompt_eval_duration_ns"),
+    ("eval_duration", "eval_duration_ns"),
+)
+
+
+def parse_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
+    """Interpret one decoded /api/chat line (ollama-protocol §1.1, §3.3).
+
+    Raises:
+        ProtocolError: the line has none of ``error``, ``message`` or ``done``, or a
+            field of the wrong type.
+    """
+    err = obj.get("error")
+    if err is not None:
+        return Chunk(error=str(err) if not isinstance(err, str) else err)
+    message = obj.get("message")
+    done = obj.get("done")
+    if message is None and done is None:
+        raise ProtocolError(f"chat chunk without message or done: {_preview(json.dumps(obj).encode())}", server=server)
+    if message is None:
+        message = {}
+    if not isinstance(message, dict) or not isinstance(done, (bool, type(None))):
+        raise ProtocolError(f"chat chunk with a malformed message/done: {_preview(json.dumps(obj).encode())}", server=server)
+    content = message.get("content") or ""
+    thinking = message.get("thinking") or ""
+    calls = message.get("tool_calls") or ()
+    if not isinstance(content, str) or not isinstance(thinking, str) or not isinstance(calls, (list, tuple)):
+        raise ProtocolError(f"chat chunk with malformed message fields: {_preview(json.dumps(obj).encode())}", server=server)
+    usage = None
+    if done:
+        values: dict[str, Any] = {}
+        for wire, name in _USAGE_FIELDS:
+            v = obj.get(wire)
+            values[name] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        reason = obj.get("done_reason")
+        values["done_reason"] = reason if isinstance(reason, str) and reason else None
+        usage = Usage(**values)
+    return Chunk(content=content, thinking=thinking, tool_calls=tuple(calls), done=bool(done), usage=usage)
+
+
+def build_messages(prompt: str | Sequence[Mapping[str, Any]], system: str | None = None) -> list[dict[str, Any]]:
+    """Turn ``chat()``'s prompt into Ollama messages.
+
+    ``prompt`` is a ``str`` (one user message) or a list of message dicts with at least
+    ``role`` and ``content`` (Ollama ``api.Message``). ``system`` becomes a leading system
+    message unless the list already starts with one.
+
+    Raises:
+        ConfigError: an empty prompt, or a message without a valid role.
+    """
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConfigError("empty prompt: pass the text to send, e.g. chat('Why is the sky blue?', model=...)")
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise ConfigError("empty message list: pass at least one {'role': 'user', 'content': ...} message")
+        messages = []
+        for i, m in enumerate(prompt):
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+                raise ConfigError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
+            role = m["role"].lower()
+            if role not in ("system", "user", "assistant", "tool"):
+                raise ConfigError(f"message {i} has role {m['role']!r}; use system, user, assistant or tool")
+            messages.append({**m, "role": role})
+    else:
+        raise ConfigError(f"prompt must be a str or a list of message dicts, got {type(prompt).__name__}")
+    if system is not None and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def build_chat_body(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    options: Mapping[str, Any] | None = None,
+    format: str | Mapping[str, Any] | None = None,
+    think: bool | str | None = None,
+    keep_alive: str | float | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of a streamed POST /api/chat (ollama-protocol §1.1). ``None`` fields are left out."""
+    body: dict[str, Any] = {"model": model, "messages": list(messages), "stream": True}
+    if tools:
+        body["tools"] = list(tools)
+    if format is not None and format != "":
+        body["format"] = format
+    if options:
+        body["options"] = dict(options)
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    if think is not None:
+        body["think"] = think
+    return body
+
+
+def continuation_messages(
+    messages: Sequence[Mapping[str, Any]], partial_text: str, partial_thinking: str = ""
+) -> list[dict[str, Any]]:
+    """Messages that ask a server to continue a partial reply (prefill, ollama-protocol §4.1).
+
+    The partial reply goes in a trailing ``assistant`` message; if the conversation
+    already ends with one (the caller's own prefill), the partial text is appended to it.
+    The server then streams only what it adds.
+    """
+    out = [dict(m) for m in messages]
+    if out and out[-1].get("role") == "assistant":
+        last = out[-1]
+        last["content"] = (last.get("content") or "") + partial_text
+        if partial_thinking:
+            last["thinking"] = (last.get("thinking") or "") + partial_thinking
+    else:
+        msg: dict[str, Any] = {"role": "assistant", "content": partial_text}
+        if partial_thinking:
+            msg["thinking"] = partial_thinking
+        out.append(msg)
+    return out
+
+
+def error_text(body: bytes) -> str:
+    """The message of an Ollama error body ``{"error": "..."}``, else the body as text (≤ 500 chars)."""
+    try:
+        obj = json.loads(body)
+        if isinstance(obj, dict) and isinstance(obj.get("error"), str):
+            return obj["error"]
+    except ValueError:
+        pass
+    text = body.decode("utf-8", "replace").strip()
+    return text[:500] if text else "(empty body)"
+
+
+def model_key(name: str) -> str:
+    """Name used to match models: ``"llama3.2"`` and ``"llama3.2:latest"`` are the same model."""
+    name = name.strip()
+    return name[: -len(":latest")] if name.endswith(":latest") else name
+
+
+def _json_object(data: bytes | Mapping[str, Any], what: str, server: str | None) -> Mapping[str, Any]:
+    if isinstance(data, Mapping):
+        return data
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"{what} reply is not JSON: {_preview(data)}", server=server) from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} reply is not a JSON object: {_preview(data)}", server=server)
+    return obj
+
+
+def _model_list(obj: Mapping[str, Any], what: str, server: str | None) -> list[Mapping[str, Any]]:
+    models = obj.get("models")
+    if models is None:
+        models = []
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise ProtocolError(f"{what} reply has no valid 'models' list", server=server)
+    return [m for m in models if isinstance(m.get("name") or m.get("model"), str)]
+
+
+def parse_tags(data: bytes | Mapping[str, Any], server: str | None = None) -> list[ModelEntry]:
+    """Models from a GET /api/tags reply (ollama-protocol §1.3).
+
+    Raises:
+        ProtocolError: the body is not a JSON object with a ``models`` list.
+    """
+    obj = _json_object(data, "/api/tags", server)
+    out = []
+    for m in _model_list(obj, "/api/tags", server):
+        size = m.get("size")
+        details = m.get("details")
+        out.append(
+            ModelEntry(
+                name=m.get("name") or m["model"],
+                digest=str(m.get("digest") or ""),
+                size=int(size) if isinstance(size, (int, float)) else 0,
+                details=details if isinstance(details, dict) else {},
+                modified_at=str(m.get("modified_at") or ""),
+            )
+        )
+    return out
+
+
+def parse_ps(data: bytes | Mapping[str, Any], server: str | None = None) -> list[str]:
+    """Names of the loaded (warm) models from a GET /api/ps reply (ollama-protocol §1.4).
+
+    Raises:
+        ProtocolError: the body is not a JSON object with a ``models`` list.
+    """
+    obj = _json_object(data, "/api/ps", server)
+    return [m.get("name") or m["model"] for m in _model_list(obj, "/api/ps", server)]
+
+
+def parse_version(data: bytes | Mapping[str, Any], server: str | None = None) -> str:
+    """The version string of a GET /api/version reply, e.g. ``"0.12.6"`` (ollama-protocol §1.5).
+
+    Raises:
+        ProtocolError: not a JSON object with a string ``version``.
+    """
+    obj = _json_object(data, "/api/version", server)
+    version = obj.get("version")
+    if not isinstance(version, str):
+        raise ProtocolError("/api/version reply has no 'version' string", server=server)
+    return version
+
+
+def iter_tool_calls(calls: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str | None, Mapping[str, Any]]]:
+    """``(name, arguments)`` of each Ollama tool call (``{"function": {"name", "arguments"}}``)."""
+    for call in calls:
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(fn, Mapping):
+            args = fn.get("arguments")
+            yield fn.get("name"), args if isinstance(args, Mapping) else {}

@@ -1,0 +1,443 @@
+"""The server registry: SQLite through sqlite-utils. The only module that imports it.
+
+Tables (created by migrations, see ``MIGRATIONS``):
+
+* ``servers``: one row per registered Ollama server: unique ``url``, unique ``name``,
+  ``priority``, ``enabled``, ``added_at``/``updated_at`` (Unix seconds), what the last
+  refresh found (``status``, ``version``, ``last_seen_at``, ``last_refresh_at``,
+  ``last_error``, ``probe_latency_s``).
+* ``models``: the models each server lists (Ollama /api/tags): ``name``, ``digest``,
+  ``size`` (bytes), ``details`` (JSON), ``modified_at``, and ``loaded`` (listed by /api/ps).
+* ``meta``: key/value facts about the registry itself (when it was seeded, refreshed).
+
+No secret is ever stored: credentials are referenced by environment-variable name only.
+A file registry runs in WAL mode with a busy timeout, so several processes can share it.
+Every write happens inside ``db.atomic()``; one lock makes a ``Registry`` thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from ._config import default_registry_path, env_ollama_host, normalize_url
+from ._exceptions import RegistryError
+from ._models import ModelEntry, Server
+from ._protocol import model_key
+
+__all__ = ["Registry", "MIGRATIONS", "BUSY_TIMEOUT_S"]
+
+#: How long a writer waits for another process's lock before "database is locked".
+BUSY_TIMEOUT_S = 10.0
+
+MIGRATIONS = Migrations("aicortex")
+
+
+@MIGRATIONS()
+def m001_servers_and_models(db: sqlite_utils.Database) -> None:
+    db["servers"].create(
+        {
+            "id": int,
+            "url": str,
+            "name": str,
+            "priority": int,
+            "enabled": int,
+            "added_at": float,
+            "updated_at": float,
+            "status": str,
+            "version": str,
+            "last_seen_at": float,
+            "last_refresh_at": float,
+            "last_error": str,
+            "probe_latency_s": float,
+        },
+        pk="id",
+        not_null={"url", "name", "priority", "enabled", "added_at", "updated_at", "status"},
+        defaults={"priority": 0, "enabled": 1, "status": "unknown"},
+    )
+    db["servers"].create_index(["url"], unique=True)
+    db["servers"].create_index(["name"], unique=True)
+    db["models"].create(
+        {
+            "server_id": int,
+            "name": str,
+            "key": str,
+            "digest": str,
+            "size": int,
+            "details": str,
+            "modified_at": str,
+            "loaded": int,
+        },
+        pk=("server_id", "name"),
+        foreign_keys=[("server_id", "servers", "id")],
+        not_null={"server_id", "name", "key"},
+        defaults={"loaded": 0},
+    )
+    db["models"].create_index(["key"])
+    db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Registry:
+    """The set of Ollama servers aicortex may use, and what each one serves.
+
+    Args:
+        path: an SQLite file path (created on first use, with its directory), the
+            string ``":memory:"`` for a private in-memory registry, a
+            ``sqlite_utils.Database``, or ``None`` for the default
+            (``AICORTEX_DB``, else ``servers.db`` in the user data directory).
+        seed: when the registry is new, register ``OLLAMA_HOST`` (parsed like the
+            official client; default ``http://127.0.0.1:11434``). Happens once per file:
+            removing the seeded server does not bring it back.
+
+    Raises:
+        RegistryError: the file is not an SQLite database, or cannot be created. The
+            file is left untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | sqlite_utils.Database | None = None, *, seed: bool = True) -> None:
+        self._lock = threading.RLock()
+        if isinstance(path, sqlite_utils.Database):
+            self.path: Path | None = None
+            self.db = path
+        elif path == ":memory:":
+            self.path = None
+            self.db = sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False))
+        else:
+            self.path = Path(path).expanduser() if path is not None else default_registry_path()
+            self.db = self._open_file(self.path)
+        try:
+            self._setup(seed)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise RegistryError(self._describe(exc)) from exc
+
+    @classmethod
+    def memory(cls, *, seed: bool = False) -> "Registry":
+        """A private in-memory registry (not seeded unless asked), for tests and scripts."""
+        return cls(":memory:", seed=seed)
+
+    def _describe(self, exc: Exception) -> str:
+        where = str(self.path) if self.path else "in-memory registry"
+        msg = str(exc)
+        if "not a database" in msg or "malformed" in msg or "encrypted" in msg:
+            return (
+                f"registry file {where} is not an SQLite database ({msg}); it was left untouched. "
+                "Move it aside or point AICORTEX_DB / --db at another file."
+            )
+        return f"registry {where}: {msg}"
+
+    def _open_file(self, path: Path) -> sqlite_utils.Database:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(f"cannot open registry file {path}: {exc}") from exc
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+            return sqlite_utils.Database(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise RegistryError(self._describe(exc)) from exc
+
+    def _setup(self, seed: bool) -> None:
+        db = self.db
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        db.execute("PRAGMA foreign_keys = ON")
+        if self.path is not None and db.journal_mode != "wal":
+            db.enable_wal()
+        with self._lock:
+            if MIGRATIONS.pending(db):
+                MIGRATIONS.apply(db)
+            if seed and self._meta("seeded_at") is None:
+                with db.atomic():
+                    if not db["servers"].count:
+                        self._insert(env_ollama_host(), name=None, priority=0, enabled=True)
+                    self._set_meta("seeded_at", str(_now()))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        rows = list(self.db.query("select value from meta where key = ?", [key]))
+        return rows[0]["value"] if rows else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def _insert(self, url: str, *, name: str | None, priority: int, enabled: bool) -> None:
+        now = _now()
+        self.db["servers"].insert(
+            {
+                "url": url,
+                "name": name or _default_name(url),
+                "priority": int(priority),
+                "enabled": int(bool(enabled)),
+                "added_at": now,
+                "updated_at": now,
+                "status": "unknown",
+            }
+        )
+
+    def _row(self, server: str) -> dict[str, Any]:
+        """The servers row for a URL or a name."""
+        rows = list(self.db.query("select * from servers where name = ?", [server]))
+        if not rows:
+            try:
+                url = normalize_url(server)
+            except Exception:
+                url = server
+            rows = list(self.db.query("select * from servers where url = ?", [url]))
+        if not rows:
+            known = ", ".join(r["name"] for r in self.db.query("select name from servers order by id")) or "none"
+            raise RegistryError(f"no registered server {server!r} (registered: {known}); see `aicortex servers list`")
+        return rows[0]
+
+    def _server(self, row: dict[str, Any], models: Sequence[dict[str, Any]] = ()) -> Server:
+        return Server(
+            url=row["url"],
+            name=row["name"],
+            priority=row["priority"],
+            enabled=bool(row["enabled"]),
+            status=row["status"] or "unknown",
+            version=row["version"],
+            last_seen_at=row["last_seen_at"],
+            last_error=row["last_error"],
+            probe_latency_s=row["probe_latency_s"],
+            models=tuple(m["name"] for m in models),
+            loaded=tuple(m["name"] for m in models if m["loaded"]),
+            added_at=row["added_at"],
+        )
+
+    def _wrap(self) -> "_Guard":
+        return _Guard(self)
+
+    # -- public API -------------------------------------------------------------------------
+    def add(self, url: str, *, name: str | None = None, priority: int = 0, enabled: bool = True) -> Server:
+        """Register a server.
+
+        Args:
+            url: ``http(s)://host[:port]`` or a bare ``host[:port]`` (port 11434).
+            name: short unique name (default ``host:port``).
+            priority: higher is tried first among equally healthy servers (default 0).
+
+        Returns the new :class:`~aicortex.Server`.
+
+        Raises:
+            InvalidURL: the URL is not http(s) with a host.
+            RegistryError: the URL or the name is already registered.
+        """
+        normalized = normalize_url(url)
+        if name is not None and not name.strip():
+            raise RegistryError("server name cannot be empty")
+        with self._wrap():
+            existing = list(self.db.query("select name, url from servers where url = ? or name = ?", [normalized, name or _default_name(normalized)]))
+            if existing:
+                e = existing[0]
+                raise RegistryError(
+                    f"server {e['name']!r} ({e['url']}) is already registered; "
+                    "use a different --name, or `aicortex servers remove` it first"
+                )
+            with self.db.atomic():
+                self._insert(normalized, name=name, priority=priority, enabled=enabled)
+            return self.get(normalized)
+
+    def remove(self, server: str) -> Server:
+        """Remove a server (by URL or name) and its model list. Returns what was removed.
+
+        Raises:
+            RegistryError: no such server.
+        """
+        with self._wrap():
+            row = self._row(server)
+            removed = self._server(row)
+            with self.db.atomic():
+                self.db.execute("delete from models where server_id = ?", [row["id"]])
+                self.db.execute("delete from servers where id = ?", [row["id"]])
+            return removed
+
+    def _set_enabled(self, server: str, enabled: bool) -> Server:
+        with self._wrap():
+            row = self._row(server)
+            with self.db.atomic():
+                self.db["servers"].update(row["id"], {"enabled": int(enabled), "updated_at": _now()})
+            return self.get(row["url"])
+
+    def enable(self, server: str) -> Server:
+        """Enable a server (by URL or name). Raises RegistryError if unknown."""
+        return self._set_enabled(server, True)
+
+    def disable(self, server: str) -> Server:
+        """Disable a server (kept, never used until enabled). Raises RegistryError if unknown."""
+        return self._set_enabled(server, False)
+
+    def get(self, server: str) -> Server:
+        """One server by URL or name. Raises RegistryError if unknown."""
+        with self._wrap():
+            row = self._row(server)
+            models = list(self.db.query("select name, loaded from models where server_id = ? order by name", [row["id"]]))
+            return self._server(row, models)
+
+    def servers(self, *, enabled_only: bool = False) -> list[Server]:
+        """Every registered server, highest priority first, then in the order added."""
+        with self._wrap():
+            where = "where enabled = 1" if enabled_only else ""
+            rows = list(self.db.query(f"select * from servers {where} order by priority desc, id"))
+            models: dict[int, list[dict[str, Any]]] = {}
+            for m in self.db.query("select server_id, name, loaded from models order by name"):
+                models.setdefault(m["server_id"], []).append(m)
+            return [self._server(r, models.get(r["id"], [])) for r in rows]
+
+    def models(self) -> list[str]:
+        """Sorted distinct model names listed by enabled servers (Ollama /api/tags names)."""
+        with self._wrap():
+            rows = self.db.query(
+                "select distinct models.name from models join servers on servers.id = models.server_id "
+                "where servers.enabled = 1 order by models.name"
+            )
+            return [r["name"] for r in rows]
+
+    def model_entries(self, model: str) -> list[tuple[Server, ModelEntry]]:
+        """Enabled servers that list ``model`` (``x`` and ``x:latest`` match), with the entry.
+
+        Ordered by priority (highest first), then the order servers were added.
+        """
+        with self._wrap():
+            rows = list(
+                self.db.query(
+                    "select servers.*, models.name as m_name, models.digest as m_digest, models.size as m_size, "
+                    "models.details as m_details, models.modified_at as m_modified_at, models.loaded as m_loaded "
+                    "from models join servers on servers.id = models.server_id "
+                    "where servers.enabled = 1 and models.key = ? order by servers.priority desc, servers.id",
+                    [model_key(model)],
+                )
+            )
+            out = []
+            for r in rows:
+                entry = ModelEntry(
+                    name=r["m_name"],
+                    digest=r["m_digest"] or "",
+                    size=r["m_size"] or 0,
+                    details=json.loads(r["m_details"] or "{}"),
+                    modified_at=r["m_modified_at"] or "",
+                    loaded=bool(r["m_loaded"]),
+                )
+                out.append((self._server(r), entry))
+            return out
+
+    def record_refresh(
+        self,
+        url: str,
+        *,
+        version: str | None = None,
+        models: Iterable[ModelEntry] | None = None,
+        loaded: Iterable[str] | None = None,
+        latency_s: float | None = None,
+        error: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Store one server's probe result (from /api/version, /api/tags, /api/ps).
+
+        On ``error`` the server is marked ``down`` with the error; its model list is
+        kept (never deleted). On success the model list is replaced.
+        """
+        at = _now() if at is None else at
+        with self._wrap():
+            row = self._row(url)
+            with self.db.atomic():
+                if error is not None:
+                    self.db["servers"].update(
+                        row["id"], {"status": "down", "last_error": error, "last_refresh_at": at, "updated_at": at}
+                    )
+                else:
+                    self.db["servers"].update(
+                        row["id"],
+                        {
+                            "status": "up",
+                            "version": version,
+                            "last_error": None,
+                            "last_seen_at": at,
+                            "last_refresh_at": at,
+                            "probe_latency_s": latency_s,
+                            "updated_at": at,
+                        },
+                    )
+                    if models is not None:
+                        warm = {model_key(n) for n in (loaded or ())}
+                        self.db.execute("delete from models where server_id = ?", [row["id"]])
+                        self.db["models"].insert_all(
+                            {
+                                "server_id": row["id"],
+                                "name": m.name,
+                                "key": model_key(m.name),
+                                "digest": m.digest,
+                                "size": m.size,
+                                "details": json.dumps(dict(m.details)),
+                                "modified_at": m.modified_at,
+                                "loaded": int(model_key(m.name) in warm),
+                            }
+                            for m in models
+                        )
+                self._set_meta("last_refresh_at", str(at))
+
+    def record_error(self, url: str, error: str) -> None:
+        """Remember the last error a chat attempt got from a server (shown by ``servers list``)."""
+        with self._wrap():
+            try:
+                row = self._row(url)
+            except RegistryError:
+                return
+            with self.db.atomic():
+                self.db["servers"].update(row["id"], {"last_error": error, "updated_at": _now()})
+
+    def last_refresh_at(self) -> float | None:
+        """Unix seconds of the last refresh of any server, ``None`` if never refreshed."""
+        with self._wrap():
+            value = self._meta("last_refresh_at")
+            return float(value) if value is not None else None
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Registry {str(self.path) if self.path else ':memory:'}>"
+
+
+class _Guard:
+    """Hold the registry lock and translate sqlite3 errors (the one boundary)."""
+
+    __slots__ = ("_reg",)
+
+    def __init__(self, reg: Registry) -> None:
+        self._reg = reg
+
+    def __enter__(self) -> None:
+        self._reg._lock.acquire()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._reg._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise RegistryError(self._reg._describe(exc)) from exc
+
+
+def _default_name(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    return rest.rstrip("/")
+
