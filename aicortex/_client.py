@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, overload
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ._discovery import ProbeResult, RefreshReport
     from ._registry import Registry
+    from ._routing import Route
 
 __all__ = ["Client", "chat", "models", "list_model_servers", "refresh", "DEFAULT_REFRESH_TTL_S"]
 
@@ -53,6 +55,9 @@ class Client:
         headers: extra HTTP headers for every server (e.g. ``{"Authorization": ...}``,
             read from your own environment; nothing is stored in the registry).
         verify: TLS certificate verification (on by default).
+        spread_load: shuffle servers that are equal in every routing respect
+            (warmth, priority, measured TTFT band) to spread load; servers never
+            measured keep registration order.
 
     A context manager: leaving it closes the HTTP pool and, if the client opened it,
     the registry.
@@ -73,6 +78,7 @@ class Client:
         probe_timeout_s: float = 5.0,
         headers: Mapping[str, str] | None = None,
         verify: bool | str = True,
+        spread_load: bool = True,
     ) -> None:
         from ._registry import Registry
         from ._transport import Transport
@@ -89,6 +95,7 @@ class Client:
         else:
             self.registry = Registry(registry)
             self._owns_registry = True
+        self._rng = random.Random() if spread_load else None
         self._transport = Transport(headers=headers, verify=verify)
         self._refresh_lock = threading.Lock()
 
@@ -158,22 +165,30 @@ class Client:
         self._maybe_refresh()
         return self.registry.models()
 
-    def _candidates(self, model: str) -> list[Candidate]:
+    def route(self, model: str) -> "Route":
+        """How :meth:`chat` would route ``model`` now: ``candidates`` in try order (with
+        each breaker state) and ``skipped`` servers (breaker open, in cooldown).
+
+        Raises:
+            ModelNotFound: no enabled server lists the model.
+        """
         from ._routing import order_candidates
 
         self._maybe_refresh()
         entries = self.registry.model_entries(model)
         if not entries:
             raise self._model_not_found(model)
-        return order_candidates(entries)
+        return order_candidates(entries, self.registry.health_for_model(model), now=time.time(), rng=self._rng)
 
     def list_model_servers(self, model: str) -> list[Server]:
-        """The enabled servers that list ``model``, in the order :meth:`chat` would try them.
+        """The enabled servers that list ``model``, in the order :meth:`chat` would try
+        them; servers whose circuit breaker is open (in cooldown) come last.
 
         Raises:
             ModelNotFound: no enabled server lists it.
         """
-        return [c.server for c in self._candidates(_require_model(model))]
+        route = self.route(_require_model(model))
+        return [c.server for c in route.candidates + route.skipped]
 
     def _model_not_found(self, model: str) -> ModelNotFound:
         servers = self.registry.servers(enabled_only=True)
@@ -235,24 +250,63 @@ class Client:
         _check_policy(policy)
         messages = build_messages(prompt, system)
         timeouts = self.timeouts if timeout is None else Timeouts.of(timeout)
-        candidates = self._candidates(name)
+        route = self.route(name)
         session = ChatSession(
             model=name,
             messages=messages,
-            candidates=candidates,
+            candidates=route.candidates,
+            skipped=route.skipped,
             timeouts=timeouts,
             policy=policy,
             request={"options": options, "format": format, "think": think, "keep_alive": keep_alive, "tools": tools},
+            admit=lambda cand: self._claim_trial(name, cand),
         )
-        s = Stream(session, self._transport, on_attempt=self._record_attempt)
+        s = Stream(session, self._transport, on_attempt=lambda a: self._record_attempt(name, a, session))
         if stream:
             return s
         with s:
             return s.reply()
 
-    def _record_attempt(self, attempt: Attempt) -> None:
-        if attempt.error is not None and attempt.server:
-            self.registry.record_error(attempt.server, str(attempt.error))
+    def _claim_trial(self, model: str, cand: Candidate) -> bool:
+        """Claim the one half-open trial of ``cand`` (server-level and model-level)."""
+        from ._health import breaker_state, claim_trial
+
+        now = time.time()
+        for scope in ("", model):
+            if breaker_state(self.registry.health(cand.server.url, scope), now) == "half_open":
+                if self.registry.update_health(cand.server.url, scope, lambda h: claim_trial(h, now)) is None:
+                    return False
+        return True
+
+    def _record_attempt(self, model: str, attempt: Attempt, session: ChatSession) -> None:
+        """Fold one finished attempt into the breakers and metrics (shared via the registry)."""
+        from ._failover import RULES, failure_kind
+        from ._health import after_backoff, after_failure, after_success
+
+        now = time.time()
+        url = attempt.server
+        error = attempt.error
+        if error is None:
+            usage = session.usage
+            server_tps = usage.tokens_per_second if usage else None
+            self.registry.update_health(url, "", lambda h: after_success(h, now) if h.failures or h.open_until else None)
+            self.registry.update_health(
+                url,
+                model,
+                lambda h: after_success(
+                    h, now, ttft_s=attempt.ttft_s, tps=attempt.tokens_per_second, server_tps=server_tps
+                ),
+            )
+            return
+        self.registry.record_error(url, str(error))
+        scope = RULES.get(failure_kind(error), RULES["server_error"]).scope
+        text = str(error)
+        if scope == "server":
+            self.registry.update_health(url, "", lambda h: after_failure(h, now, text))
+        elif scope == "model":
+            self.registry.update_health(url, model, lambda h: after_failure(h, now, text))
+        elif scope == "backoff":
+            self.registry.update_health(url, "", lambda h: after_backoff(h, now, text))
 
     def __repr__(self) -> str:
         return f"<Client registry={self.registry!r}>"

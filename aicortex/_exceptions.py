@@ -217,6 +217,8 @@ class DeadlineExceeded(AICortexError, builtins.TimeoutError):
         attempts: the attempts made before it ran out.
     """
 
+    kind = "deadline"
+
     def __init__(
         self, message: str, *, deadline_s: float, attempts: Sequence["Attempt"] = ()
     ) -> None:

@@ -69,6 +69,7 @@ RULES: dict[str, Rule] = {
     "malformed": Rule("next", "server"),
     "incomplete": Rule("next", "model"),
     "server_error": Rule("next", "server"),
+    "deadline": Rule("raise", "none"),
 }
 
 

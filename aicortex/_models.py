@@ -86,6 +86,8 @@ class Attempt:
         ttft_s: seconds from this attempt's request to its first content/thinking chunk,
             ``None`` if none arrived.
         tokens: content tokens this attempt delivered to the caller.
+        tokens_per_second: client-measured tokens/s of this attempt (tokens after its
+            first / seconds since), ``None`` with fewer than two tokens.
         started_at: Unix seconds when the attempt began.
         elapsed_s: seconds the attempt lasted.
         mode: ``"fresh"`` for the first attempt or one after a failure before any
@@ -97,6 +99,7 @@ class Attempt:
     error: AICortexError | None = None
     ttft_s: float | None = None
     tokens: int = 0
+    tokens_per_second: float | None = None
     started_at: float = 0.0
     elapsed_s: float = 0.0
     mode: str = "fresh"

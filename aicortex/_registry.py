@@ -17,19 +17,22 @@ Every write happens inside ``db.atomic()``; one lock makes a ``Registry`` thread
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from ._config import default_registry_path, env_ollama_host, normalize_url
 from ._exceptions import RegistryError
+from ._health import Health
 from ._models import ModelEntry, Server
 from ._protocol import model_key
 
@@ -83,6 +86,31 @@ def m001_servers_and_models(db: sqlite_utils.Database) -> None:
     )
     db["models"].create_index(["key"])
     db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+@MIGRATIONS()
+def m002_health(db: sqlite_utils.Database) -> None:
+    # One row per server (model = "") and per (server, model): breaker state and EWMAs.
+    db["health"].create(
+        {
+            "server_id": int,
+            "model": str,
+            "failures": int,
+            "open_until": float,
+            "last_error": str,
+            "successes": int,
+            "total_failures": int,
+            "ewma_ttft_s": float,
+            "ewma_tps": float,
+            "ewma_server_tps": float,
+            "last_success_at": float,
+            "last_failure_at": float,
+        },
+        pk=("server_id", "model"),
+        foreign_keys=[("server_id", "servers", "id")],
+        not_null={"server_id", "model", "failures", "successes", "total_failures"},
+        defaults={"failures": 0, "successes": 0, "total_failures": 0},
+    )
 
 
 def _now() -> float:
@@ -218,8 +246,25 @@ class Registry:
             added_at=row["added_at"],
         )
 
-    def _wrap(self) -> "_Guard":
-        return _Guard(self)
+    def _wrap(self, write: bool = False) -> "contextlib.AbstractContextManager[None]":
+        return self._write_txn() if write else _Guard(self)
+
+    @contextlib.contextmanager
+    def _write_txn(self) -> Iterator[None]:
+        """Lock, then ``BEGIN IMMEDIATE`` (take the write lock up front, so a read-then-write
+        never fails with "database is locked"), then ``db.atomic()`` inside it."""
+        with _Guard(self):
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                with self.db.atomic():
+                    yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     # -- public API -------------------------------------------------------------------------
     def add(self, url: str, *, name: str | None = None, priority: int = 0, enabled: bool = True) -> Server:
@@ -239,7 +284,7 @@ class Registry:
         normalized = normalize_url(url)
         if name is not None and not name.strip():
             raise RegistryError("server name cannot be empty")
-        with self._wrap():
+        with self._wrap(write=True):
             existing = list(self.db.query("select name, url from servers where url = ? or name = ?", [normalized, name or _default_name(normalized)]))
             if existing:
                 e = existing[0]
@@ -257,16 +302,17 @@ class Registry:
         Raises:
             RegistryError: no such server.
         """
-        with self._wrap():
+        with self._wrap(write=True):
             row = self._row(server)
             removed = self._server(row)
             with self.db.atomic():
                 self.db.execute("delete from models where server_id = ?", [row["id"]])
+                self.db.execute("delete from health where server_id = ?", [row["id"]])
                 self.db.execute("delete from servers where id = ?", [row["id"]])
             return removed
 
     def _set_enabled(self, server: str, enabled: bool) -> Server:
-        with self._wrap():
+        with self._wrap(write=True):
             row = self._row(server)
             with self.db.atomic():
                 self.db["servers"].update(row["id"], {"enabled": int(enabled), "updated_at": _now()})
@@ -351,7 +397,7 @@ class Registry:
         kept (never deleted). On success the model list is replaced.
         """
         at = _now() if at is None else at
-        with self._wrap():
+        with self._wrap(write=True):
             row = self._row(url)
             with self.db.atomic():
                 if error is not None:
@@ -391,7 +437,7 @@ class Registry:
 
     def record_error(self, url: str, error: str) -> None:
         """Remember the last error a chat attempt got from a server (shown by ``servers list``)."""
-        with self._wrap():
+        with self._wrap(write=True):
             try:
                 row = self._row(url)
             except RegistryError:
@@ -404,6 +450,51 @@ class Registry:
         with self._wrap():
             value = self._meta("last_refresh_at")
             return float(value) if value is not None else None
+
+    # -- health (circuit breakers, EWMA metrics) ------------------------------------------------
+    def health(self, server: str, model: str = "") -> Health:
+        """The :class:`~aicortex._health.Health` of a server (``model=""``) or (server, model)."""
+        with self._wrap():
+            row = self._row(server)
+            return self._health_of(row["id"], model_key(model) if model else "")
+
+    def _health_of(self, server_id: int, model: str) -> Health:
+        rows = list(self.db.query("select * from health where server_id = ? and model = ?", [server_id, model]))
+        if not rows:
+            return Health()
+        r = rows[0]
+        return Health(**{f.name: r[f.name] for f in dataclasses.fields(Health)})
+
+    def health_for_model(self, model: str) -> dict[str, tuple[Health, Health]]:
+        """``{url: (server health, (server, model) health)}`` for every server listing ``model``."""
+        key = model_key(model)
+        with self._wrap():
+            out: dict[str, tuple[Health, Health]] = {}
+            rows = self.db.query(
+                "select servers.id, servers.url from servers join models on models.server_id = servers.id "
+                "where models.key = ?",
+                [key],
+            )
+            for r in list(rows):
+                out[r["url"]] = (self._health_of(r["id"], ""), self._health_of(r["id"], key))
+            return out
+
+    def update_health(self, server: str, model: str, change: Callable[[Health], Health | None]) -> Health | None:
+        """Read-modify-write one health record atomically, across threads and processes.
+
+        ``change`` gets the current :class:`Health` and returns the new one, or ``None``
+        to leave it as is (then ``None`` is returned). The read and the write happen in
+        one ``BEGIN IMMEDIATE`` transaction, so two processes never lose an update.
+        """
+        key = model_key(model) if model else ""
+        with self._wrap(write=True):
+            row = self._row(server)
+            new = change(self._health_of(row["id"], key))
+            if new is not None:
+                self.db["health"].upsert(
+                    {"server_id": row["id"], "model": key, **dataclasses.asdict(new)}, pk=("server_id", "model")
+                )
+            return new
 
     def close(self) -> None:
         """Close the database connection."""

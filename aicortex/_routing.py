@@ -1,32 +1,93 @@
 """Candidate ordering for one model: pure, no I/O.
 
-Order (first tried first):
+Only enabled servers that list the model (Ollama /api/tags) are candidates. Among them:
 
-1. servers where the model is warm (listed by Ollama /api/ps at the last refresh);
-2. higher ``priority``;
-3. the order the servers were registered.
-
-Servers that do not list the model (Ollama /api/tags) are never candidates.
+1. breaker state: servers whose breakers (server-level and (server, model)) are closed
+   or half-open are tried; open ones (in cooldown) are skipped. If *every* candidate is
+   open, the one whose cooldown ends soonest is tried anyway, rather than failing
+   without trying;
+2. warm first: the model is loaded there (Ollama /api/ps at the last refresh);
+3. higher ``priority``;
+4. lower measured EWMA TTFT for this (server, model); servers never measured come
+   first, in registration order, so a new server gets tried;
+5. a little randomness among equals (EWMA TTFT within the same ~25 % band) spreads
+   load when an ``rng`` is given.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
+from ._health import Health, breaker_state
 from ._models import ModelEntry, Server
 from ._session import Candidate
 
-__all__ = ["order_candidates"]
+__all__ = ["Route", "order_candidates", "TTFT_BAND"]
+
+#: Width of an "equal TTFT" band: TTFTs within a factor of 1.25 are equals.
+TTFT_BAND = 1.25
 
 
-def order_candidates(entries: Sequence[tuple[Server, ModelEntry]]) -> list[Candidate]:
-    """Order ``(server, model entry)`` pairs into the candidates ``chat()`` tries.
+@dataclass(frozen=True)
+class Route:
+    """The outcome of routing: ``candidates`` in try order, ``skipped`` (in cooldown)."""
 
-    ``entries`` come from :meth:`Registry.model_entries` (already in priority, then
-    registration order); the sort is stable, so equals keep that order.
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[Candidate] = field(default_factory=list)
+
+
+def _state(pair: tuple[Health, Health] | None, now: float) -> tuple[str, float]:
+    if pair is None:
+        return "closed", 0.0
+    states = [breaker_state(h, now) for h in pair]
+    until = max((h.open_until or 0.0) for h in pair)
+    if "open" in states:
+        return "open", until
+    if "half_open" in states:
+        return "half_open", until
+    return "closed", until
+
+
+def order_candidates(
+    entries: Sequence[tuple[Server, ModelEntry]],
+    health: Mapping[str, tuple[Health, Health]] | None = None,
+    *,
+    now: float = 0.0,
+    rng: random.Random | None = None,
+) -> Route:
+    """Order ``(server, model entry)`` pairs into a :class:`Route`.
+
+    Args:
+        entries: from :meth:`Registry.model_entries` (priority, then registration order).
+        health: ``{url: (server health, model health)}`` from the registry.
+        now: Unix seconds, to tell open breakers from expired cooldowns.
+        rng: when given, shuffles servers whose EWMA TTFT fall in the same band.
     """
-    ranked = sorted(
-        enumerate(entries),
-        key=lambda item: (not item[1][1].loaded, -item[1][0].priority, item[0]),
-    )
-    return [Candidate(server=server, warm=entry.loaded) for _, (server, entry) in ranked]
+    health = health or {}
+    usable: list[tuple[tuple, Candidate]] = []
+    skipped: list[tuple[float, Candidate]] = []
+    for idx, (server, entry) in enumerate(entries):
+        pair = health.get(server.url)
+        state, until = _state(pair, now)
+        cand = Candidate(server=server, warm=entry.loaded, state=state)
+        if state == "open":
+            skipped.append((until, cand))
+            continue
+        ttft = pair[1].ewma_ttft_s if pair else None
+        if ttft is None or ttft <= 0:
+            speed: tuple = (0, idx)
+        else:
+            band = math.floor(math.log(ttft) / math.log(TTFT_BAND))
+            speed = (1, band, rng.random() if rng else idx)
+        usable.append(((not entry.loaded, -server.priority, speed), cand))
+    usable.sort(key=lambda item: item[0])
+    skipped.sort(key=lambda item: item[0])
+    candidates = [c for _, c in usable]
+    rest = [c for _, c in skipped]
+    if not candidates and rest:
+        soonest = rest.pop(0)
+        candidates = [Candidate(server=soonest.server, warm=soonest.warm, state="forced")]
+    return Route(candidates=candidates, skipped=rest)

@@ -49,10 +49,19 @@ __all__ = ["Candidate", "AttemptPlan", "ChatSession"]
 
 @dataclass(frozen=True)
 class Candidate:
-    """A server to try, in order, with whether the model is warm there (/api/ps)."""
+    """A server to try, in order.
+
+    Fields:
+        server: the server.
+        warm: the model is loaded there (Ollama /api/ps).
+        state: its breaker: ``"closed"``, ``"half_open"`` (this would be its one trial,
+            which must be claimed through ``admit``), ``"open"`` (in cooldown, skipped)
+            or ``"forced"`` (in cooldown, but tried because every candidate is).
+    """
 
     server: Server
     warm: bool = False
+    state: str = "closed"
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,9 @@ class ChatSession:
         timeouts: a :class:`~aicortex.Timeouts`.
         policy: what to do after a failure once output was emitted.
         request: extra body fields: options, format, think, keep_alive, tools.
+        skipped: servers left out because their breaker is open (named in errors).
+        admit: called before a ``"half_open"`` candidate is tried; ``False`` skips it
+            (another request or process holds its one trial).
         clock: monotonic seconds (``time.perf_counter``); ``wall``: Unix seconds.
 
     After the run: ``text``, ``thinking``, ``tool_calls``, ``usage``, ``server``,
@@ -109,6 +121,8 @@ class ChatSession:
         timeouts: Any,
         policy: MidstreamPolicy = "continue",
         request: Mapping[str, Any] | None = None,
+        admit: Callable[[Candidate], bool] | None = None,
+        skipped: Sequence[Candidate] = (),
         clock: Callable[[], float] = time.perf_counter,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -118,6 +132,8 @@ class ChatSession:
         self.timeouts = timeouts
         self.policy = policy
         self.request = dict(request or {})
+        self._admit = admit
+        self.skipped = list(skipped)
         self._clock = clock
         self._wall = wall
         # Output of the reply as the caller sees it.
@@ -146,6 +162,7 @@ class ChatSession:
         self._attempt_wall = 0.0
         self._attempt_first: float | None = None
         self._attempt_tokens = 0
+        self._attempt_token_span: list[float] = []
         self._attempt_error: AICortexError | None = None
         self._done = False
         # Continuation de-duplication: a server that ignores the prefill and starts the
@@ -238,11 +255,14 @@ class ChatSession:
         if remaining is not None and remaining <= 0:
             self.fatal = self._deadline_error()
             return None, []
-        if self._next_candidate >= len(self.candidates):
-            self.fatal = self._all_failed()
-            return None, []
-        cand = self.candidates[self._next_candidate]
-        self._next_candidate += 1
+        while True:
+            if self._next_candidate >= len(self.candidates):
+                self.fatal = self._all_failed()
+                return None, []
+            cand = self.candidates[self._next_candidate]
+            self._next_candidate += 1
+            if cand.state != "half_open" or self._admit is None or self._admit(cand):
+                break
         previous = self._plan
         mode = self._resume
         messages = self.messages
@@ -267,6 +287,7 @@ class ChatSession:
         self._attempt_wall = self._wall()
         self._attempt_first = None
         self._attempt_tokens = 0
+        self._attempt_token_span = []
         self._attempt_error = None
         self._done = False
         self._held = []
@@ -407,6 +428,11 @@ class ChatSession:
         self._parts.append(text)
         self._token_times.append(now)
         self._attempt_tokens += 1
+        span = self._attempt_token_span
+        if span:
+            span[1:] = [now]
+        else:
+            span.append(now)
         events.append(self._event("token", text, index=self._index))
         self._index += 1
 
@@ -436,6 +462,7 @@ class ChatSession:
             error=error,
             ttft_s=None if self._attempt_first is None else self._attempt_first - self._attempt_started,
             tokens=self._attempt_tokens,
+            tokens_per_second=_rate(self._attempt_tokens, self._attempt_token_span),
             started_at=self._attempt_wall,
             elapsed_s=now - self._attempt_started,
             mode=plan.mode,
@@ -475,6 +502,8 @@ class ChatSession:
 
     def _all_failed(self) -> AllServersFailed:
         reasons = "; ".join(f"{a.server}: {a.error}" for a in self._attempts) or "no candidate servers"
+        if self.skipped:
+            reasons += "; skipped (circuit breaker open, in cooldown): " + ", ".join(c.server.url for c in self.skipped)
         return AllServersFailed(
             f"all {len(self._attempts)} servers failed for model {self.model!r}: {reasons}",
             model=self.model,
@@ -485,6 +514,13 @@ class ChatSession:
         deadline = self.timeouts.deadline
         msg = str(cause) if cause else f"deadline of {deadline:g} s exceeded after {len(self._attempts)} attempts"
         return DeadlineExceeded(msg, deadline_s=deadline, attempts=self._attempts)
+
+
+def _rate(tokens: int, span: list[float]) -> float | None:
+    """Tokens/s after the first token: ``(tokens - 1) / (last - first)``."""
+    if tokens < 2 or len(span) < 2 or span[1] <= span[0]:
+        return None
+    return (tokens - 1) / (span[1] - span[0])
 
 
 def format_allows_continue(fmt: Any) -> bool:
