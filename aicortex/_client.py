@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, overload
 
 from ._config import Timeouts, env_model
-from ._exceptions import ConfigError, ModelNotFound
+from ._exceptions import ConfigError, ModelNotFound, ServerError
 from ._failover import MIDSTREAM_POLICIES, MidstreamPolicy
 from ._models import Attempt, Reply, Server
 from ._protocol import build_messages
@@ -298,9 +298,9 @@ class Client:
                 ),
             )
             return
-        self.registry.record_error(url, str(error))
+        text = error.reason if isinstance(error, ServerError) else str(error)
+        self.registry.record_error(url, text)
         scope = RULES.get(failure_kind(error), RULES["server_error"]).scope
-        text = str(error)
         if scope == "server":
             self.registry.update_health(url, "", lambda h: after_failure(h, now, text))
         elif scope == "model":

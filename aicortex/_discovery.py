@@ -2,7 +2,8 @@
 
 Probes run concurrently in a bounded thread pool (they only wait on the network); the
 results are written to the registry from the calling thread. A server that fails is
-marked ``down`` with its error and keeps its model list: it is never deleted.
+marked ``down`` with its error and keeps its model list: it is never deleted. A probe
+also drives the server-level circuit breaker: a failure trips it, a success closes it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ._exceptions import AICortexError, HTTPStatusError
+from ._exceptions import HTTPStatusError, ServerError
+from ._health import after_probe
 from ._models import ModelEntry
 from ._protocol import parse_ps, parse_tags, parse_version
 
@@ -77,14 +79,14 @@ def probe(transport: "Transport", url: str, *, connect_timeout_s: float | None, 
         version = parse_version(transport.get(url, "/api/version", **kw), server=url)
         latency = time.perf_counter() - t0
         models = parse_tags(transport.get(url, "/api/tags", **kw), server=url)
-    except AICortexError as exc:
-        return ProbeResult(url=url, ok=False, error=str(exc))
+    except ServerError as exc:
+        return ProbeResult(url=url, ok=False, error=exc.reason)
     try:
         loaded = parse_ps(transport.get(url, "/api/ps", **kw), server=url)
     except HTTPStatusError:
         loaded = []  # an old server or a proxy without /api/ps: no warm-model data
-    except AICortexError as exc:
-        return ProbeResult(url=url, ok=False, error=f"/api/ps: {exc}")
+    except ServerError as exc:
+        return ProbeResult(url=url, ok=False, error=f"/api/ps: {exc.reason}")
     return ProbeResult(url=url, ok=True, version=version, models=tuple(models), loaded=tuple(loaded), latency_s=latency)
 
 
@@ -118,6 +120,8 @@ def refresh_registry(
                 registry.record_refresh(
                     r.url, version=r.version, models=r.models, loaded=r.loaded, latency_s=r.latency_s, error=r.error
                 )
+                now = time.time()
+                registry.update_health(r.url, "", lambda h: after_probe(h, now, r.error))
                 results.append(r)
                 if on_result is not None:
                     on_result(r)

@@ -106,6 +106,11 @@ class ServerError(AICortexError):
         super().__init__(message)
         self.server = server
 
+    @property
+    def reason(self) -> str:
+        """The message without the server's URL (for places that name the server already)."""
+        return super().__str__()
+
     def __str__(self) -> str:
         msg = super().__str__()
         return f"{msg} ({self.server})" if self.server else msg

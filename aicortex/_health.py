@@ -36,6 +36,7 @@ __all__ = [
     "after_failure",
     "after_backoff",
     "after_success",
+    "after_probe",
     "claim_trial",
     "ewma",
 ]
@@ -113,6 +114,16 @@ def after_backoff(h: Health, now: float, error: str) -> Health:
     """A 503/429: stay away for ``BUSY_BACKOFF_S`` without counting a failure."""
     until = now + BUSY_BACKOFF_S
     return replace(h, open_until=max(until, h.open_until or 0.0), last_error=error, last_failure_at=now)
+
+
+def after_probe(h: Health, now: float, error: str | None) -> Health | None:
+    """A discovery probe (Ollama /api/version, /api/tags) of the server: a failure trips
+    the server-level breaker, a success closes it. ``None`` when nothing changes."""
+    if error is not None:
+        return after_failure(h, now, error)
+    if h.failures or h.open_until:
+        return replace(h, failures=0, open_until=None)
+    return None
 
 
 def claim_trial(h: Health, now: float) -> Health | None:

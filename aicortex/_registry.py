@@ -367,6 +367,14 @@ class Registry:
                     [model_key(model)],
                 )
             )
+            ids = sorted({r["id"] for r in rows})
+            listed: dict[int, list[dict[str, Any]]] = {}
+            if ids:
+                marks = ",".join("?" * len(ids))
+                for m in self.db.query(
+                    f"select server_id, name, loaded from models where server_id in ({marks}) order by name", ids
+                ):
+                    listed.setdefault(m["server_id"], []).append(m)
             out = []
             for r in rows:
                 entry = ModelEntry(
@@ -377,7 +385,7 @@ class Registry:
                     modified_at=r["m_modified_at"] or "",
                     loaded=bool(r["m_loaded"]),
                 )
-                out.append((self._server(r), entry))
+                out.append((self._server(r, listed.get(r["id"], [])), entry))
             return out
 
     def record_refresh(

@@ -39,3 +39,41 @@ def registry():
 def db_path(tmp_path):
     """A path for a registry file that does not exist yet."""
     return tmp_path / "reg" / "servers.db"
+
+
+# -- the real local stacks of scripts/realstack.py -------------------------------------------------
+def _real_unavailable(reason: str) -> None:
+    """Skip with the reason; with AICORTEX_REQUIRE_REAL=1 (as CI sets it) fail instead."""
+    if os.environ.get("AICORTEX_REQUIRE_REAL") == "1":
+        pytest.fail(f"real stack unavailable (AICORTEX_REQUIRE_REAL=1): {reason}", pytrace=False)
+    pytest.skip(f"real stack unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def realstack_installed():
+    """The realstack module, with its virtual environment installed (or the test skips)."""
+    import realstack
+
+    try:
+        realstack.ensure_installed()
+    except realstack.StackUnavailable as exc:
+        _real_unavailable(exc.reason)
+    return realstack
+
+
+@pytest.fixture
+def real_stacks(realstack_installed):
+    """Factory: ``real_stacks(n)`` starts n real stacks, all stopped by PID after the test."""
+    started = []
+
+    def start(n: int = 1, **kw):
+        try:
+            stacks = realstack_installed.start_stacks(n, **kw)
+        except realstack_installed.StackUnavailable as exc:
+            _real_unavailable(exc.reason)
+        started.extend(stacks)
+        return stacks
+
+    yield start
+    for s in started:
+        s.stop()

@@ -14,25 +14,17 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-import realstack  # noqa: E402
+import realstack  # scripts/ is on sys.path (tests/conftest.py)
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("AICORTEX_REQUIRE_REAL") == "1":
-        pytest.fail(f"real stack unavailable (AICORTEX_REQUIRE_REAL=1): {reason}", pytrace=False)
-    pytest.skip(f"real stack unavailable: {reason}")
-
-
 @pytest.fixture(scope="module")
-def stack():
+def stack(realstack_installed):
     try:
-        realstack.ensure_installed()
         stacks = realstack.start_stacks(1)
     except realstack.StackUnavailable as exc:
-        _unavailable(exc.reason)
+        pytest.fail(f"real stack did not start: {exc.reason}", pytrace=False)
     try:
         yield stacks[0]
     finally:
@@ -81,7 +73,7 @@ def test_streamed_chat(stack):
 
 @pytest.mark.real
 @pytest.mark.timeout(300)
-def test_stacks_exit_stops_processes_and_backend_kill_is_an_error_line():
+def test_stacks_exit_stops_processes_and_backend_kill_is_an_error_line(realstack_installed):
     try:
         with realstack.Stacks(1) as stacks:
             s = stacks[0]
@@ -101,6 +93,6 @@ def test_stacks_exit_stops_processes_and_backend_kill_is_an_error_line():
             assert out[-1]["done_reason"] == "error" and out[-1]["error"] == "Connection error."
             assert not s.alive
     except realstack.StackUnavailable as exc:
-        _unavailable(exc.reason)
+        pytest.fail(f"real stack did not start: {exc.reason}", pytrace=False)
     assert all(_gone(p) for p in pids)
     assert not s.alive

@@ -1,0 +1,506 @@
+"""The ``aicortex`` command line: a click group over :class:`~aicortex.Client` and the registry.
+
+Commands::
+
+    aicortex servers add URL [--name NAME] [--priority N]
+    aicortex servers list [--json]
+    aicortex servers remove|enable|disable NAME_OR_URL
+    aicortex refresh [SERVER...]
+    aicortex models [MODEL] [--json]
+    aicortex chat -m MODEL [PROMPT]
+
+Every command takes ``--db PATH`` (env ``AICORTEX_DB``; default: ``servers.db`` in the
+user data directory). Library errors (:class:`~aicortex.AICortexError`) become
+``click.ClickException``: the library's message on stderr, exit status 1; usage errors
+exit 2; Ctrl-C during ``chat`` exits 130.
+
+Only click is imported here at import time; httpx and sqlite-utils load when a command
+builds its :class:`~aicortex.Client` or :class:`~aicortex.Registry`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+
+import click
+
+from ._exceptions import AICortexError, AllServersFailed
+from ._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._client import Client
+    from ._models import Server, StreamEvent
+    from ._registry import Registry
+
+__all__ = ["cli"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PREFIX = "[aicortex]"
+
+
+# -- shared option bundles (sqlite-utils style) ---------------------------------------------------
+def db_option(fn: F) -> F:
+    """``--db PATH``: the registry file (env ``AICORTEX_DB``)."""
+    return click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False, path_type=str),
+        envvar="AICORTEX_DB",
+        metavar="PATH",
+        default=None,
+        help="Registry file (env AICORTEX_DB; default: servers.db in the user data directory).",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    """``--json``: machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help="Output JSON instead of a table.")(fn)
+
+
+@contextlib.contextmanager
+def library_errors() -> Iterator[None]:
+    """Turn every :class:`AICortexError` into a ``ClickException`` (exit status 1)."""
+    try:
+        yield
+    except AllServersFailed as exc:
+        raise click.ClickException(_all_failed_message(exc)) from exc
+    except AICortexError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def open_registry(db: str | None) -> Iterator["Registry"]:
+    from ._registry import Registry
+
+    with library_errors():
+        reg = Registry(db)
+    try:
+        with library_errors():
+            yield reg
+    finally:
+        reg.close()
+
+
+@contextlib.contextmanager
+def open_client(db: str | None, **kw: Any) -> Iterator["Client"]:
+    from ._client import Client
+
+    with library_errors():
+        client = Client(db, **kw)
+    try:
+        with library_errors():
+            yield client
+    finally:
+        client.close()
+
+
+# -- formatting helpers -------------------------------------------------------------------------
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain aligned columns, two spaces apart, a dashed line under the headers."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def humanize_ago(ts: float | None, now: float | None = None) -> str:
+    """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``; ``never`` for ``None``."""
+    if ts is None:
+        return "never"
+    delta = max(0.0, (time.time() if now is None else now) - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{int(delta // size)}{unit} ago"
+    return f"{int(delta)}s ago"
+
+
+def truncate(text: str | None, width: int = 50) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _models_cell(models: Sequence[str], width: int = 30) -> str:
+    if not models:
+        return "0"
+    names = ", ".join(models)
+    return names if len(names) <= width else str(len(models))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _reason(text: str, server: str | None) -> str:
+    """The error text without the ``" (URL)"`` suffix ServerError adds."""
+    suffix = f" ({server})" if server else ""
+    return text[: -len(suffix)] if suffix and text.endswith(suffix) else text
+
+
+def _all_failed_message(exc: AllServersFailed, names: dict[str, str] | None = None) -> str:
+    names = names or {}
+    lines = [f"all {_plural(len(exc.attempts), 'server')} failed for model {exc.model!r}:"]
+    for a in exc.attempts:
+        where = f"{names[a.server]} ({a.server})" if a.server in names else a.server
+        lines.append(f"  {where}: {_reason(str(a.error), a.server)}")
+    if not exc.attempts:
+        lines[0] = str(exc)
+    return "\n".join(lines)
+
+
+def _server_json(server: "Server") -> dict[str, Any]:
+    return dataclasses.asdict(server)
+
+
+def _label(server: "Server") -> str:
+    return f"{server.name} ({server.url})"
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+# -- the group ----------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="aicortex")
+def cli() -> None:
+    """aicortex: talk to many Ollama servers as if they were one.
+
+    Register servers, refresh what they serve, then chat: the reply streams from the
+    best server that has the model and fails over to the next one, mid-reply included.
+
+    \b
+        aicortex servers add http://gpu1:11434
+        aicortex refresh
+        aicortex models
+        aicortex chat -m llama3.2 "Why is the sky blue?"
+    """
+
+
+# -- servers --------------------------------------------------------------------------------------
+@cli.group()
+def servers() -> None:
+    """Manage the registry of Ollama servers."""
+
+
+@servers.command(name="add")
+@click.argument("url")
+@click.option("--name", help="Short unique name (default: host:port).")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher is tried first among equally healthy servers.")
+@db_option
+def servers_add(url: str, name: str | None, priority: int, db: str | None) -> None:
+    """Register the Ollama server at URL (http(s)://host[:port], or host[:port]).
+
+    \b
+        aicortex servers add http://gpu1:11434 --name gpu1 --priority 10
+    """
+    with open_registry(db) as reg:
+        server = reg.add(url, name=name, priority=priority)
+    click.echo(f"Added {_label(server)} with priority {server.priority}. Run `aicortex refresh` to probe it.")
+
+
+@servers.command(name="list")
+@json_option
+@db_option
+def servers_list(as_json: bool, db: str | None) -> None:
+    """List the registered servers and what the last refresh found."""
+    with open_registry(db) as reg:
+        found = reg.servers()
+    if as_json:
+        _echo_json([_server_json(s) for s in found])
+        return
+    if not found:
+        click.echo("No server registered: add one with `aicortex servers add http://HOST:11434`.")
+        return
+    now = time.time()
+    rows = [
+        (
+            s.name,
+            s.url,
+            "yes" if s.enabled else "no",
+            s.status,
+            s.version or "",
+            _models_cell(s.models),
+            humanize_ago(s.last_seen_at, now),
+            truncate(_reason(s.last_error or "", s.url)),
+        )
+        for s in found
+    ]
+    click.echo(format_table(["name", "url", "enabled", "status", "version", "models", "last seen", "last error"], rows))
+
+
+@servers.command(name="remove")
+@click.argument("server")
+@db_option
+def servers_remove(server: str, db: str | None) -> None:
+    """Remove a server (by name or URL) and its model list."""
+    with open_registry(db) as reg:
+        removed = reg.remove(server)
+    click.echo(f"Removed {_label(removed)}.")
+
+
+@servers.command(name="enable")
+@click.argument("server")
+@db_option
+def servers_enable(server: str, db: str | None) -> None:
+    """Enable a server (by name or URL): chat may use it again."""
+    with open_registry(db) as reg:
+        s = reg.enable(server)
+    click.echo(f"Enabled {_label(s)}.")
+
+
+@servers.command(name="disable")
+@click.argument("server")
+@db_option
+def servers_disable(server: str, db: str | None) -> None:
+    """Disable a server (by name or URL): kept in the registry, never used."""
+    with open_registry(db) as reg:
+        s = reg.disable(server)
+    click.echo(f"Disabled {_label(s)}.")
+
+
+# -- refresh --------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("server_names", metavar="[SERVER]...", nargs=-1)
+@db_option
+def refresh(server_names: tuple[str, ...], db: str | None) -> None:
+    """Probe servers (all enabled ones, or the SERVER names/URLs given) and store what they serve.
+
+    Asks each server for /api/version, /api/tags and /api/ps. Exits 0 when at least one
+    server is up, 1 when all are down.
+    """
+    with open_client(db) as client:
+        targets = list(server_names) or None
+        if targets is None:
+            known = client.registry.servers(enabled_only=True)
+        else:
+            known = [client.registry.get(s) for s in targets]
+        if not known:
+            raise click.ClickException(
+                "no enabled server to refresh: add one with `aicortex servers add http://HOST:11434`"
+            )
+        names = {s.url: s.name for s in client.registry.servers()}
+        with click.progressbar(length=len(known), label="Probing servers", file=sys.stderr) as bar:
+            report = client.refresh(targets, on_result=lambda _result: bar.update(1))
+    click.echo(
+        f"{_plural(report.up, 'server')} up, {report.down} down, {_plural(len(report.models), 'model')}"
+        f" ({report.elapsed_s:.2f}s)"
+    )
+    for r in report.results:
+        if not r.ok:
+            click.echo(f"  down: {names.get(r.url, r.url)} ({r.url}): {_reason(r.error or '', r.url)}")
+    if report.up == 0:
+        raise click.ClickException(f"all {_plural(report.down, 'server')} are down")
+
+
+# -- models ---------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("model", required=False)
+@json_option
+@db_option
+def models(model: str | None, as_json: bool, db: str | None) -> None:
+    """List the models the enabled servers have, or the servers that have MODEL.
+
+    With MODEL, the servers are listed in the order chat would try them, with whether
+    the model is loaded there (warm, per /api/ps). Refreshes first when the registry
+    was never refreshed or is stale.
+    """
+    with open_client(db) as client:
+        if model is None:
+            names = client.models()
+            if as_json:
+                _echo_json(names)
+            elif names:
+                click.echo("\n".join(names))
+            else:
+                click.echo("No model found: `aicortex refresh`, or `aicortex servers list` to see why.", err=True)
+            return
+        found = client.list_model_servers(model)
+        # list_model_servers() gives Servers without their model lists: read the /api/ps
+        # state from the model entries, and the full rows for --json.
+        loaded = {s.url: e.loaded for s, e in client.registry.model_entries(model)}
+        warm = [loaded.get(s.url, False) for s in found]
+        if as_json:
+            full = [client.registry.get(s.url) for s in found]
+            _echo_json([{**_server_json(s), "warm": w, "rank": i} for i, (s, w) in enumerate(zip(full, warm), 1)])
+            return
+    rows = [
+        (i, s.name, s.url, "warm" if w else "no", s.priority, s.status)
+        for i, (s, w) in enumerate(zip(found, warm), 1)
+    ]
+    click.echo(format_table(["#", "name", "url", "loaded", "priority", "status"], rows))
+
+
+# -- chat -----------------------------------------------------------------------------------------
+def _parse_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. temperature=0)", ctx=ctx, param=param)
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        options[key.strip()] = value
+    return options
+
+
+class _Printer:
+    """Writes one chat's events: text to stdout, notices to stderr, as they arrive.
+
+    stdout carries the reply's text and nothing else (plus one final newline, and one
+    newline before a restarted reply). Line breaks that only keep the terminal tidy
+    (before a notice, after the thinking) go to stderr.
+    """
+
+    def __init__(self, names: dict[str, str], *, show_thinking: bool) -> None:
+        self.names = names
+        self.show_thinking = show_thinking
+        self.out_at_line_start = True  # the stdout stream itself
+        self.cursor_at_line_start = True  # the terminal both streams share
+        self.in_thinking = False
+
+    def name(self, url: str | None) -> str:
+        return self.names.get(url or "", url or "?")
+
+    def _err_newline(self) -> None:
+        if not self.cursor_at_line_start:
+            click.echo("", err=True)
+            self.cursor_at_line_start = True
+        self.in_thinking = False
+
+    def _notice(self, text: str) -> None:
+        self._err_newline()
+        click.echo(f"{PREFIX} {text}", err=True)
+
+    def event(self, ev: "StreamEvent") -> None:
+        if ev.type == "token":
+            if self.in_thinking:
+                self._err_newline()
+            click.echo(ev.content, nl=False)
+            self.out_at_line_start = self.cursor_at_line_start = ev.content.endswith("\n")
+        elif ev.type == "thinking":
+            if self.show_thinking:
+                click.echo(click.style(ev.content, dim=True), nl=False, err=True)
+                self.cursor_at_line_start = ev.content.endswith("\n")
+                self.in_thinking = True
+        elif ev.type == "error":
+            self._notice(f"{self.name(ev.server)} failed: {_reason(ev.content, ev.server)}")
+        elif ev.type == "meta" and ev.meta and ev.meta.get("failover"):
+            verb = "continuing" if ev.meta["failover"] == "continue" else "restarting"
+            self._notice(f"{verb} on {self.name(ev.meta.get('to'))}")
+        elif ev.type == "reset":
+            if not self.out_at_line_start:
+                click.echo("")
+                self.out_at_line_start = self.cursor_at_line_start = True
+        elif ev.type == "tool_call":
+            self._notice(f"tool call: {ev.tool_name}({json.dumps(ev.tool_args, default=str)})")
+
+    def finish(self) -> None:
+        if not self.out_at_line_start:
+            click.echo("")
+            self.out_at_line_start = self.cursor_at_line_start = True
+        self._err_newline()
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@click.option("-m", "--model", required=True, envvar="AICORTEX_MODEL", help="Model name (env AICORTEX_MODEL).")
+@click.option("-s", "--system", help="System prompt.")
+@click.option("--think/--no-think", default=None, help="Ask for thinking (shown dimmed on stderr) or turn it off; default: not sent.")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", callback=_parse_option, help="Ollama option, repeatable; values parsed as JSON when possible (temperature=0).")
+@click.option("--on-midstream", type=click.Choice(["continue", "restart", "raise"]), default="continue", show_default=True, help="After a failure mid-reply: continue the partial reply on the next server, restart it, or stop.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds for each per-attempt limit (connect, first token, stall).")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON line instead of text.")
+@db_option
+def chat(
+    prompt: str | None,
+    model: str,
+    system: str | None,
+    think: bool | None,
+    options: dict[str, Any],
+    on_midstream: str,
+    timeout: float | None,
+    as_json: bool,
+    db: str | None,
+) -> None:
+    """Send PROMPT (or stdin, when omitted or "-") to MODEL and stream the reply.
+
+    The reply goes to stdout token by token; failovers and a summary line (server,
+    time to first token, tokens/s, attempts) go to stderr. Exits 1 when every server
+    failed, 130 on Ctrl-C.
+
+    \b
+        aicortex chat -m llama3.2 "Why is the sky blue?"
+        echo "Summarize: ..." | aicortex chat -m llama3.2 -o temperature=0
+    """
+    if prompt is None or prompt == "-":
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise click.UsageError("empty prompt: give PROMPT as an argument or pipe it on stdin")
+    ctx = click.get_current_context()
+    with open_client(db, on_midstream=on_midstream) as client:
+        stream = client.chat(
+            prompt,
+            model=model,
+            stream=True,
+            system=system,
+            options=options or None,
+            think=think,
+            timeout=timeout,
+        )
+        names = {s.url: s.name for s in client.registry.servers()}
+        printer = _Printer(names, show_thinking=bool(think))
+        try:
+            with stream:
+                for ev in stream:
+                    if as_json:
+                        click.echo(json.dumps(dataclasses.asdict(ev), default=str))
+                    else:
+                        printer.event(ev)
+        except KeyboardInterrupt:
+            stream.close()
+            printer.finish()
+            ctx.exit(130)
+        except AllServersFailed as exc:
+            printer.finish()
+            raise click.ClickException(_all_failed_message(exc, names)) from exc
+        except AICortexError:  # DeadlineExceeded, BadRequest, a ServerError with "raise"
+            printer.finish()
+            raise
+        printer.finish()
+        if not as_json:
+            click.echo(f"{PREFIX} {_summary(stream)}", err=True)
+
+
+def _summary(stream: Any) -> str:
+    ttft = f"{stream.ttft_s:.3f}s" if stream.ttft_s is not None else "n/a"
+    tps = stream.tokens_per_second
+    if tps is None and stream.usage is not None:
+        tps = stream.usage.tokens_per_second
+    parts = [
+        f"server={stream.server}",
+        f"ttft={ttft}",
+        f"tok/s={tps:.1f}" if tps is not None else "tok/s=n/a",
+        f"attempts={len(stream.attempts)}",
+    ]
+    if stream.usage is not None and stream.usage.eval_count is not None:
+        parts.append(f"eval_count={stream.usage.eval_count}")
+    return " ".join(parts)
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    cli()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()

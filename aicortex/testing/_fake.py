@@ -1,0 +1,305 @@
+"""FakeOllama: a real HTTP/1.1 server on 127.0.0.1 that answers like Ollama v0.12.6+.
+
+Each ``POST /api/chat`` or ``POST /api/generate`` is answered by a
+:class:`~aicortex.testing.Script`: the next one pushed with
+:meth:`FakeOllama.push`, else ``FakeOllama.default_script``.  Scripts can
+delay, stall, blackhole, fail with an HTTP status, send a mid-stream error
+line, drop or reset the connection, end without ``done`` or send garbage.
+
+Example::
+
+    import httpx
+    from aicortex.testing import FakeOllama, Script
+
+    with FakeOllama(models=["llama3.2"]) as fake:
+        fake.push(Script(tokens=("Hi", "!"), token_delay=0.01))
+        with httpx.stream("POST", fake.url + "/api/chat", json={
+            "model": "llama3.2", "messages": [{"role": "user", "content": "hi"}],
+        }) as r:
+            lines = list(r.iter_lines())
+        assert fake.chat_requests[0].completed
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from ._script import RequestRecord, Script
+from ._server import POLL, Connection, MutableRecord, Request, ready
+from ._wire import listed_name, rfc3339
+
+__all__ = ["FakeOllama"]
+
+
+class FakeOllama:
+    """A scriptable fake Ollama server on a real loopback port (HTTP/1.1, one thread per connection).
+
+    Use it as a context manager (``with FakeOllama() as fake: ...``) or call
+    :meth:`start` and :meth:`stop`.  ``models``, ``loaded``, ``version``,
+    ``default_script`` and ``blackhole_all`` are plain attributes read on
+    every request, so tests may change them while the server runs.
+
+    Args:
+        models: model names served; listed by /api/tags as e.g.
+            ``"llama3.2:latest"`` (``":latest"`` is added to names without a
+            tag or ``/``).  Requests match with ``":latest"`` optional on either
+            side; an unknown model gets 404 ``{"error":"model '<name>' not found"}``.
+        loaded: names listed by /api/ps; None (default) means all ``models``.
+            Requests never change it.
+        version: reported by /api/version.
+        script: the default :class:`Script` (``default_script``), used when no
+            pushed script is queued; None means ``Script()``.
+        port: TCP port to bind on ``host``; 0 picks a free one.  A restart
+            after :meth:`stop` or :meth:`kill` reuses the same port.
+        blackhole_all: read every request on every path and never answer it
+            (until the client leaves or the fake stops).
+        host: address to bind, default ``"127.0.0.1"``.
+
+    Attributes:
+        server_errors: tracebacks of unexpected exceptions in handler threads
+            (a bug in the fake); the connection is closed when one happens.
+    """
+
+    def __init__(
+        self,
+        models: Iterable[str] | None = None,
+        loaded: Iterable[str] | None = None,
+        version: str = "0.12.6",
+        script: Script | None = None,
+        port: int = 0,
+        *,
+        blackhole_all: bool = False,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.models: list[str] = list(models) if models is not None else ["llama3.2"]
+        self.loaded: list[str] | None = list(loaded) if loaded is not None else None
+        self.version = version
+        self.default_script: Script = script if script is not None else Script()
+        self.blackhole_all = blackhole_all
+        self.host = host
+        self.server_errors: list[str] = []
+        self._port = port
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: collections.deque[Script] = collections.deque()
+        self._records: list[MutableRecord] = []
+        self._threads: list[threading.Thread] = []
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._killing = False
+        # stop() writes to _wake_w so that every poll()ing thread wakes at once
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._modified_at = rfc3339()
+
+    # -- lifecycle --
+
+    @property
+    def url(self) -> str:
+        """Base URL, ``"http://127.0.0.1:PORT"`` (valid once started; stays the same after a restart)."""
+        return f"http://{self.host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        """The TCP port (0 before the first :meth:`start` when ``port=0`` was given)."""
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`/:meth:`kill`."""
+        return self._accept_thread is not None
+
+    def start(self) -> FakeOllama:
+        """Bind, listen and start the accept thread; return self.  No-op if already running."""
+        with self._lock:
+            if self._accept_thread is not None:
+                return self
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((self.host, self._port))
+                listener.listen(128)
+                listener.setblocking(False)
+            except BaseException:
+                listener.close()
+                raise
+            self._port = listener.getsockname()[1]
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._stopping.clear()
+            self._killing = False
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop, args=(listener,), name=f"FakeOllama-accept-{self._port}", daemon=True
+            )
+            self._accept_thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop cleanly: close the listener and every connection (FIN), join all threads.
+
+        Returns promptly (within milliseconds) even while requests are stalled or
+        blackholed; their replies are abandoned.  Safe to call twice.
+        """
+        with self._lock:
+            accept_thread = self._accept_thread
+            if accept_thread is None:
+                return
+            self._stopping.set()
+            assert self._wake_w is not None
+            self._wake_w.send(b"x")
+        deadline = time.monotonic() + 5.0
+        accept_thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            self._threads = [t for t in threads if t.is_alive()]
+            self._accept_thread = None
+            for s in (self._wake_r, self._wake_w):
+                if s is not None:
+                    s.close()
+            self._wake_r = self._wake_w = None
+            self._cond.notify_all()
+
+    def kill(self) -> None:
+        """Die abruptly: close the listener and reset (RST, SO_LINGER 0) every open connection.
+
+        Later connects are refused until :meth:`start` is called again.
+        Returns once all threads have ended.
+        """
+        self._killing = True
+        self.stop()
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<FakeOllama {self.url} {state} models={self.models!r}>"
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        try:
+            while not self._stopping.is_set():
+                if not ready(listener, False, POLL, self._wake_r):
+                    continue
+                try:
+                    sock, _ = listener.accept()
+                except OSError:
+                    continue
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn = Connection(self, sock)
+                t = threading.Thread(target=conn.run, name=f"FakeOllama-conn-{self._port}", daemon=True)
+                with self._lock:
+                    self._threads = [x for x in self._threads if x.is_alive()]
+                    self._threads.append(t)
+                t.start()
+        finally:
+            listener.close()
+
+    # -- scripts --
+
+    def push(self, *scripts: Script) -> None:
+        """Queue scripts; each generating chat/generate request takes the next one (FIFO).
+
+        When the queue is empty ``default_script`` is used.  Requests answered
+        before a script is needed (404 unknown model, 400, load/unload
+        replies) do not take one.
+        """
+        for s in scripts:
+            if not isinstance(s, Script):
+                raise TypeError(f"expected Script, got {type(s).__name__}")
+        with self._lock:
+            self._queue.extend(scripts)
+
+    @property
+    def pending_scripts(self) -> int:
+        """Number of pushed scripts not yet used."""
+        with self._lock:
+            return len(self._queue)
+
+    def _take_script(self) -> Script:
+        with self._lock:
+            return self._queue.popleft() if self._queue else self.default_script
+
+    def _loaded_names(self) -> list[str]:
+        names = self.models if self.loaded is None else self.loaded
+        return [listed_name(n) for n in names]
+
+    # -- records --
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Snapshots of every request received so far (all paths), oldest first."""
+        with self._lock:
+            return [r.snapshot() for r in self._records]
+
+    @property
+    def chat_requests(self) -> list[RequestRecord]:
+        """Snapshots of the ``/api/chat`` requests only."""
+        return [r for r in self.requests if r.path == "/api/chat"]
+
+    @property
+    def generate_requests(self) -> list[RequestRecord]:
+        """Snapshots of the ``/api/generate`` requests only."""
+        return [r for r in self.requests if r.path == "/api/generate"]
+
+    def clear_requests(self) -> None:
+        """Forget the requests recorded so far."""
+        with self._lock:
+            self._records.clear()
+
+    def wait_for_disconnect(self, timeout: float = 2.0, path: str = "/api/chat") -> bool:
+        """Wait up to ``timeout`` seconds until the latest ``path`` request saw its client go away.
+
+        Returns True if it did (its record has ``disconnected=True``), False on timeout.
+        """
+        return self._wait(lambda recs: bool(recs) and recs[-1].fields["disconnected"], path, timeout)
+
+    def wait_for_requests(self, count: int, path: str | None = None, timeout: float = 2.0) -> bool:
+        """Wait up to ``timeout`` seconds until at least ``count`` requests (to ``path``, if given) arrived."""
+        return self._wait(lambda recs: len(recs) >= count, path, timeout)
+
+    def _wait(self, ok: Callable[[list[MutableRecord]], bool], path: str | None, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not ok([r for r in self._records if path is None or r.fields["path"] == path]):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _new_record(self, req: Request) -> MutableRecord:
+        try:
+            body = json.loads(req.body) if req.body.strip() else None
+        except ValueError:
+            body = None
+        rec = MutableRecord(
+            time.perf_counter_ns(),
+            method=req.method, path=req.path, body=body, headers=req.headers, received_at=time.time(),
+            query=req.query, raw_body=req.body,
+        )
+        with self._cond:
+            self._records.append(rec)
+            self._cond.notify_all()
+        return rec
+
+    def _update(self, rec: MutableRecord, **changes: Any) -> None:
+        with self._cond:
+            rec.fields.update(changes)
+            self._cond.notify_all()
+
+    def _mark_gone(self, rec: MutableRecord) -> None:
+        with self._cond:
+            if not rec.fields["completed"]:
+                rec.fields["disconnected"] = True
+                self._cond.notify_all()
