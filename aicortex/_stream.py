@@ -55,45 +55,12 @@ class Stream:
     ) -> None:
         self._session = session
         self._transport = transport
-        self._on_attempt = on_attempt
         self._on_close = on_close
         self._events: list[StreamEvent] = []
-        self._gen: Iterator[StreamEvent] = self._run()
+        # The generator does not reference the Stream, so dropping the Stream (e.g. after
+        # ``break`` in a bare for loop) frees it at once and closes the connection.
+        self._gen: Iterator[StreamEvent] = _drive(session, transport, on_attempt)
         self._closed = False
-
-    # -- the driver loop (the only I/O in a sync request) -------------------------------------
-    def _run(self) -> Iterator[StreamEvent]:
-        s = self._session
-        yield from s.start()
-        while True:
-            plan, events = s.next_attempt()
-            yield from events
-            if plan is None:
-                assert s.fatal is not None
-                raise s.fatal
-            try:
-                with self._transport.stream_chat(
-                    plan.server,
-                    plan.body,
-                    connect_timeout_s=plan.connect_timeout_s,
-                    first_token_timeout_s=plan.first_token_timeout_s,
-                    stall_timeout_s=plan.stall_timeout_s,
-                ) as body:
-                    for data in body:
-                        yield from s.receive(data)
-                        if s.attempt_done:
-                            break
-                    else:
-                        yield from s.receive_eof()
-            except ServerError as exc:
-                s.transport_failed(exc)
-            yield from s.end_attempt()
-            if self._on_attempt is not None:
-                self._on_attempt(s.attempts[-1])
-            if s.fatal is not None:
-                raise s.fatal
-            if s.complete:
-                return
 
     def __iter__(self) -> "Stream":
         return self
@@ -199,3 +166,39 @@ class Stream:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Stream model={self._session.model!r} {state} events={len(self._events)}>"
+
+
+def _drive(
+    s: ChatSession, transport: "Transport", on_attempt: Callable[[Attempt], None] | None
+) -> Iterator[StreamEvent]:
+    """The driver loop: the only I/O of a sync request (see ``_session`` for the protocol)."""
+    yield from s.start()
+    while True:
+        plan, events = s.next_attempt()
+        yield from events
+        if plan is None:
+            assert s.fatal is not None
+            raise s.fatal
+        try:
+            with transport.stream_chat(
+                plan.server,
+                plan.body,
+                connect_timeout_s=plan.connect_timeout_s,
+                first_token_timeout_s=plan.first_token_timeout_s,
+                stall_timeout_s=plan.stall_timeout_s,
+            ) as body:
+                for data in body:
+                    yield from s.receive(data)
+                    if s.attempt_done:
+                        break
+                else:
+                    yield from s.receive_eof()
+        except ServerError as exc:
+            s.transport_failed(exc)
+        yield from s.end_attempt()
+        if on_attempt is not None:
+            on_attempt(s.attempts[-1])
+        if s.fatal is not None:
+            raise s.fatal
+        if s.complete:
+            return

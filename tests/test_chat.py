@@ -3,7 +3,6 @@ token and after a few tokens, under each mid-stream policy."""
 
 from __future__ import annotations
 
-import gc
 import threading
 
 import pytest
@@ -87,6 +86,7 @@ BEFORE = {
     "malformed_line": Script(malformed_after=0),
     "no_done": Script(end_without_done_after=0),
     "read_timeout": Script(blackhole=True),
+    "slow_first_token": Script(tokens=TOKENS, first_token_delay=3.0),
 }
 AFTER = {
     "reset": Script(tokens=TOKENS, drop_after=3, reset=True),
@@ -100,6 +100,7 @@ REASON = {  # a word the error event must contain
     "reset": "connection", "dropped": "connection", "http_500": "HTTP 500", "http_429": "HTTP 429",
     "http_503": "HTTP 503", "http_404": "not found", "error_line": "server error", "malformed_line": "malformed",
     "no_done": "without a done", "read_timeout": "first-token timeout", "stall": "stall",
+    "slow_first_token": "first-token timeout",
 }
 
 
@@ -171,6 +172,22 @@ def test_failure_after_tokens_continues_without_losing_or_repeating_a_word(fleet
     sent = fl.fakes[1].chat_requests[-1].body["messages"]
     assert sent[-1] == {"role": "assistant", "content": "The sky is"}
     assert stream.usage.eval_count == len(TOKENS) - 3  # the continuation's own figures
+
+
+@pytest.mark.parametrize("kind", sorted(AFTER))
+def test_failure_after_tokens_with_raise_policy_raises_it(fleet, kind):
+    from aicortex import ServerError
+
+    fl = fleet(2, on_midstream="raise")
+    fl.fakes[0].push(AFTER[kind])
+    stream = fl.client.chat("why?", model=MODEL, stream=True)
+    with pytest.raises(ServerError) as info:
+        list(stream)
+    assert info.value.server == fl.urls[0] and REASON[kind] in info.value.reason
+    assert types(stream) == ["start", "token", "token", "token", "error"]
+    assert stream.text() == "The sky is" and stream.usage is None and stream.server is None
+    assert [a.tokens for a in stream.attempts] == [3] and not stream.attempts[0].ok
+    assert fl.fakes[1].chat_requests == []
 
 
 def test_http_400_is_raised_at_once_without_failover(fleet):
@@ -285,8 +302,7 @@ def test_breaking_out_closes_the_connection_and_leaves_no_thread_or_socket(fleet
     for event in fl.client.chat("long story", model=MODEL, stream=True):
         if event.type == "token" and event.index == 2:
             break
-    del event
-    gc.collect()
+    del event  # the stream is dropped with the loop: no gc.collect() needed
     assert fake.wait_for_disconnect(timeout=3.0)
     assert fake.chat_requests[-1].disconnected
     assert threading.active_count() <= threads_before
