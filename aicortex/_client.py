@@ -58,6 +58,8 @@ class Client:
         spread_load: shuffle servers that are equal in every routing respect
             (warmth, priority, measured TTFT band) to spread load; servers never
             measured keep registration order.
+        max_connections: size of the HTTP connection pool (streams open at once, all
+            servers together); a full pool is a ``PoolTimeout``, not the server's fault.
 
     A context manager: leaving it closes the HTTP pool and, if the client opened it,
     the registry.
@@ -79,6 +81,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         verify: bool | str = True,
         spread_load: bool = True,
+        max_connections: int = 100,
     ) -> None:
         from ._registry import Registry
         from ._transport import Transport
@@ -96,7 +99,7 @@ class Client:
             self.registry = Registry(registry)
             self._owns_registry = True
         self._rng = random.Random() if spread_load else None
-        self._transport = Transport(headers=headers, verify=verify)
+        self._transport = Transport(headers=headers, verify=verify, max_connections=max_connections)
         self._refresh_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -235,7 +238,8 @@ class Client:
             system: a system prompt, prepended as a system message.
             options, format, think, keep_alive, tools: passed to Ollama /api/chat as is.
             on_midstream: overrides the client's mid-stream policy for this request.
-            timeout: overrides the client's :class:`Timeouts` for this request.
+            timeout: overrides the client's :class:`Timeouts` for this request (a dict
+                changes only the fields it names).
 
         Raises:
             ConfigError: no model, an empty prompt, a malformed message list.
@@ -249,7 +253,7 @@ class Client:
         policy = on_midstream or self.on_midstream
         _check_policy(policy)
         messages = build_messages(prompt, system)
-        timeouts = self.timeouts if timeout is None else Timeouts.of(timeout)
+        timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
         route = self.route(name)
         session = ChatSession(
             model=name,
@@ -268,14 +272,26 @@ class Client:
             return s.reply()
 
     def _claim_trial(self, model: str, cand: Candidate) -> bool:
-        """Claim the one half-open trial of ``cand`` (server-level and model-level)."""
+        """Claim the one half-open trial of ``cand`` (server-level and model-level).
+
+        Decided inside one registry write transaction per record, so of several
+        requests or processes routed while the breaker was half-open exactly one gets
+        the trial; the others see it open again and skip the server.
+        """
         from ._health import breaker_state, claim_trial
 
         now = time.time()
         for scope in ("", model):
-            if breaker_state(self.registry.health(cand.server.url, scope), now) == "half_open":
-                if self.registry.update_health(cand.server.url, scope, lambda h: claim_trial(h, now)) is None:
-                    return False
+            verdict: list[bool] = []
+
+            def change(h: Any) -> Any:
+                state = breaker_state(h, now)
+                verdict.append(state != "open")
+                return claim_trial(h, now) if state == "half_open" else None
+
+            self.registry.update_health(cand.server.url, scope, change)
+            if verdict and not verdict[0]:
+                return False
         return True
 
     def _record_attempt(self, model: str, attempt: Attempt, session: ChatSession) -> None:

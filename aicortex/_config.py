@@ -68,13 +68,14 @@ class Timeouts:
                 )
 
     @classmethod
-    def of(cls, value: "Timeouts | float | None | dict") -> "Timeouts":
-        """Coerce a number (all per-attempt limits), a dict of fields, or a Timeouts."""
+    def of(cls, value: "Timeouts | float | None | dict", base: "Timeouts | None" = None) -> "Timeouts":
+        """Coerce a number (all per-attempt limits), a dict of fields (applied over
+        ``base``, default ``Timeouts()``), or a Timeouts."""
         if isinstance(value, Timeouts):
             return value
         if isinstance(value, dict):
             try:
-                return replace(cls(), **value)
+                return replace(base or cls(), **value)
             except TypeError as exc:
                 raise ConfigError(f"unknown timeout in {value!r}: {exc}") from exc
         if value is None:

@@ -11,6 +11,7 @@ The tree::
     │   ├── ConnectError (ConnectionError)   refused, reset before a reply, DNS failure
     │   ├── TimeoutError (builtins.TimeoutError)
     │   │   ├── ConnectTimeout            no TCP connection within the connect timeout
+    │   │   ├── PoolTimeout               our own connection pool is full (not the server's fault)
     │   │   ├── FirstTokenTimeout         no first content/thinking chunk in time
     │   │   └── StallTimeout              no bytes between chunks for the stall timeout
     │   ├── HTTPStatusError               an HTTP error status with Ollama's {"error": ...}
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectError",
     "TimeoutError",
     "ConnectTimeout",
+    "PoolTimeout",
     "FirstTokenTimeout",
     "StallTimeout",
     "HTTPStatusError",
@@ -138,6 +140,16 @@ class ConnectTimeout(TimeoutError):
     """No TCP connection within the connect timeout."""
 
     kind = "connect_timeout"
+
+
+class PoolTimeout(TimeoutError):
+    """No free connection in this client's own pool within the connect timeout.
+
+    The server is not to blame (no breaker penalty); raise ``Client(max_connections=...)``
+    if many streams run at once.
+    """
+
+    kind = "pool"
 
 
 class FirstTokenTimeout(TimeoutError):

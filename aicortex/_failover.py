@@ -23,6 +23,7 @@ bad_request            raise        none     400: the caller's mistake, raised a
 error_line             next         model    {"error": ...} inside a 200 stream
 malformed              next         server   a line that is not JSON, a line too long
 incomplete             next         model    the stream ended without done: true
+pool                   next         none     our own connection pool was full
 =====================  ===========  ==========================================
 
 A ``bad_request`` on a *continuation* attempt is not the caller's mistake (the server
@@ -70,6 +71,7 @@ RULES: dict[str, Rule] = {
     "incomplete": Rule("next", "model"),
     "server_error": Rule("next", "server"),
     "deadline": Rule("raise", "none"),
+    "pool": Rule("next", "none"),
 }
 
 

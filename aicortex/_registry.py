@@ -31,7 +31,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from ._config import default_registry_path, env_ollama_host, normalize_url
-from ._exceptions import RegistryError
+from ._exceptions import ConfigError, RegistryError
 from ._health import Health
 from ._models import ModelEntry, Server
 from ._protocol import model_key
@@ -186,13 +186,20 @@ class Registry:
         if self.path is not None and db.journal_mode != "wal":
             db.enable_wal()
         with self._lock:
-            if MIGRATIONS.pending(db):
-                MIGRATIONS.apply(db)
-            if seed and self._meta("seeded_at") is None:
-                with db.atomic():
+            if not self._needs_setup(seed):
+                return
+            # Several processes may open a new file at once: take the write lock first
+            # (BEGIN IMMEDIATE), then look again, so exactly one of them migrates and seeds.
+            with self._write_txn():
+                if MIGRATIONS.pending(db):
+                    MIGRATIONS.apply(db)
+                if seed and self._meta("seeded_at") is None:
                     if not db["servers"].count:
                         self._insert(env_ollama_host(), name=None, priority=0, enabled=True)
                     self._set_meta("seeded_at", str(_now()))
+
+    def _needs_setup(self, seed: bool) -> bool:
+        return bool(MIGRATIONS.pending(self.db)) or (seed and self._meta("seeded_at") is None)
 
     # -- helpers ---------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -216,19 +223,24 @@ class Registry:
             }
         )
 
-    def _row(self, server: str) -> dict[str, Any]:
-        """The servers row for a URL or a name."""
+    def _find(self, server: str) -> dict[str, Any] | None:
+        """The servers row for a URL or a name, or ``None``."""
         rows = list(self.db.query("select * from servers where name = ?", [server]))
         if not rows:
             try:
                 url = normalize_url(server)
-            except Exception:
+            except ConfigError:
                 url = server
             rows = list(self.db.query("select * from servers where url = ?", [url]))
-        if not rows:
+        return rows[0] if rows else None
+
+    def _row(self, server: str) -> dict[str, Any]:
+        """The servers row for a URL or a name; ``RegistryError`` naming the known ones."""
+        row = self._find(server)
+        if row is None:
             known = ", ".join(r["name"] for r in self.db.query("select name from servers order by id")) or "none"
             raise RegistryError(f"no registered server {server!r} (registered: {known}); see `aicortex servers list`")
-        return rows[0]
+        return row
 
     def _server(self, row: dict[str, Any], models: Sequence[dict[str, Any]] = ()) -> Server:
         return Server(
@@ -428,6 +440,7 @@ class Registry:
                     if models is not None:
                         warm = {model_key(n) for n in (loaded or ())}
                         self.db.execute("delete from models where server_id = ?", [row["id"]])
+                        unique = {m.name: m for m in models}.values()  # a name listed twice is one model
                         self.db["models"].insert_all(
                             {
                                 "server_id": row["id"],
@@ -439,16 +452,15 @@ class Registry:
                                 "modified_at": m.modified_at,
                                 "loaded": int(model_key(m.name) in warm),
                             }
-                            for m in models
+                            for m in unique
                         )
                 self._set_meta("last_refresh_at", str(at))
 
     def record_error(self, url: str, error: str) -> None:
         """Remember the last error a chat attempt got from a server (shown by ``servers list``)."""
         with self._wrap(write=True):
-            try:
-                row = self._row(url)
-            except RegistryError:
+            row = self._find(url)
+            if row is None:
                 return
             with self.db.atomic():
                 self.db["servers"].update(row["id"], {"last_error": error, "updated_at": _now()})
@@ -461,10 +473,11 @@ class Registry:
 
     # -- health (circuit breakers, EWMA metrics) ------------------------------------------------
     def health(self, server: str, model: str = "") -> Health:
-        """The :class:`~aicortex._health.Health` of a server (``model=""``) or (server, model)."""
+        """The :class:`~aicortex._health.Health` of a server (``model=""``) or (server, model);
+        a fresh ``Health()`` for one that is not (or no longer) registered."""
         with self._wrap():
-            row = self._row(server)
-            return self._health_of(row["id"], model_key(model) if model else "")
+            row = self._find(server)
+            return self._health_of(row["id"], model_key(model) if model else "") if row else Health()
 
     def _health_of(self, server_id: int, model: str) -> Health:
         rows = list(self.db.query("select * from health where server_id = ? and model = ?", [server_id, model]))
@@ -491,12 +504,15 @@ class Registry:
         """Read-modify-write one health record atomically, across threads and processes.
 
         ``change`` gets the current :class:`Health` and returns the new one, or ``None``
-        to leave it as is (then ``None`` is returned). The read and the write happen in
+        to leave it as is (then ``None`` is returned, as it is for a server that is no
+        longer registered). The read and the write happen in
         one ``BEGIN IMMEDIATE`` transaction, so two processes never lose an update.
         """
         key = model_key(model) if model else ""
         with self._wrap(write=True):
-            row = self._row(server)
+            row = self._find(server)
+            if row is None:  # removed meanwhile (e.g. by another process): nothing to record
+                return None
             new = change(self._health_of(row["id"], key))
             if new is not None:
                 self.db["health"].upsert(

@@ -44,7 +44,11 @@ from ._failover import Decision, MidstreamPolicy, decide
 from ._models import Attempt, Server, StreamEvent, Usage
 from ._protocol import NDJSONDecoder, build_chat_body, continuation_messages, iter_tool_calls, parse_chunk
 
-__all__ = ["Candidate", "AttemptPlan", "ChatSession"]
+__all__ = ["Candidate", "AttemptPlan", "ChatSession", "MIN_CONTINUE_CHARS"]
+
+#: A partial reply shorter than this (characters) is restarted, not continued: too short
+#: to tell a continuation from a server that ignored the prefill and started over.
+MIN_CONTINUE_CHARS = 8
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,11 @@ class ChatSession:
         return tuple(self._attempts)
 
     @property
+    def attempt_error(self) -> AICortexError | None:
+        """What ended the current attempt, ``None`` while it runs or when it succeeded."""
+        return self._attempt_error
+
+    @property
     def attempt_done(self) -> bool:
         """The current attempt has ended (``done: true`` seen, or it failed)."""
         return self._done or self._attempt_error is not None
@@ -263,6 +272,7 @@ class ChatSession:
             self._next_candidate += 1
             if cand.state != "half_open" or self._admit is None or self._admit(cand):
                 break
+            self.skipped.append(cand)  # another request holds its half-open trial
         previous = self._plan
         mode = self._resume
         messages = self.messages
@@ -326,7 +336,15 @@ class ChatSession:
         except ServerError as exc:
             self._attempt_error = exc
             return []
-        return self._handle(chunks)
+        events = self._handle(chunks)
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0 and not self.attempt_done:
+            server = self._plan.server if self._plan else ""
+            self._attempt_error = DeadlineExceeded(
+                f"deadline of {self.timeouts.deadline:g} s exceeded while {server} was still sending the reply",
+                deadline_s=self.timeouts.deadline,
+            )
+        return events
 
     def receive_eof(self) -> list[StreamEvent]:
         """The body ended. Without a ``done: true`` chunk that is an ``IncompleteStream``."""
@@ -377,51 +395,51 @@ class ChatSession:
                         timeout_s=limit,
                     )
                     return events
-            if chunk.thinking:
+            if chunk.thinking and plan.mode == "continue":
+                pass  # after a content prefill Ollama starts in content state: a restart's thinking, a repeat
+            elif chunk.thinking:
                 self._emitted = True
                 self._thinking.append(chunk.thinking)
                 events.append(self._event("thinking", chunk.thinking))
             if chunk.content:
                 self._emit_content(chunk.content, now, events)
             for name, args in iter_tool_calls(chunk.tool_calls):
-                self._flush_held(now, events)
+                self._drop_held_repeat()
                 self._emitted = True
                 self._continue_ok = False
                 events.append(self._event("tool_call", tool_name=name, tool_args=args))
             self._tool_calls.extend(chunk.tool_calls)
             if chunk.done:
-                self._flush_held(now, events)
+                self._drop_held_repeat()
                 self._done = True
                 self.usage = chunk.usage
                 return events
         return events
 
     def _emit_content(self, content: str, now: float, events: list[StreamEvent]) -> None:
-        if self._prefix:
-            # Continuation: hold back output while it repeats the kept prefix from the start.
-            self._held.append(content)
-            held = "".join(self._held)
-            if self._prefix.startswith(held):
-                return
-            self._held = []
-            if held.startswith(self._prefix):
-                content = held[len(self._prefix) :]
-                self._prefix = ""
-                if not content:
-                    return
-                self._emit_token(content, now, events)
-                return
-            self._prefix = ""
-            self._emit_token(held, now, events)
+        if not self._prefix:
+            self._emit_token(content, now, events)
             return
-        self._emit_token(content, now, events)
+        # Continuation: a server that ignored the prefill starts the reply over and would
+        # repeat the kept text. Hold output back while it spells the kept text from its start.
+        self._held.append(content)
+        held = "".join(self._held)
+        if self._prefix.startswith(held):
+            return
+        prefix, pieces = self._prefix, self._held
+        self._prefix, self._held = "", []
+        if held.startswith(prefix):  # it started over: drop the repeat, keep what is new
+            if len(held) > len(prefix):
+                self._emit_token(held[len(prefix) :], now, events)
+            return
+        for piece in pieces:  # a real continuation: release the pieces as they came
+            self._emit_token(piece, now, events)
 
-    def _flush_held(self, now: float, events: list[StreamEvent]) -> None:
-        if self._held:
-            held = "".join(self._held)
-            self._held = []
-            self._prefix = ""
-            self._emit_token(held, now, events)
+    def _drop_held_repeat(self) -> None:
+        """The attempt ended (done or a tool call) while its output still spelled the kept
+        text: the server started over and repeated it. Nothing of it is new."""
+        self._held = []
+        self._prefix = ""
 
     def _emit_token(self, text: str, now: float, events: list[StreamEvent]) -> None:
         self._emitted = True
@@ -483,7 +501,7 @@ class ChatSession:
         if isinstance(error, DeadlineExceeded):
             self.fatal = self._deadline_error(error)
             return events
-        can_continue = self._continue_ok and bool(self._parts) and not self._tool_calls
+        can_continue = self._continue_ok and len(self.text) >= MIN_CONTINUE_CHARS and not self._tool_calls
         decision = decide(
             error,
             emitted=self._emitted,

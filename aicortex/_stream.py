@@ -107,6 +107,8 @@ class Stream:
         """
         for _ in self:
             pass
+        if self._session.fatal is not None:
+            raise self._session.fatal
         return self._session.text
 
     def reply(self) -> Reply:
@@ -193,12 +195,32 @@ def _drive(
                         break
                 else:
                     yield from s.receive_eof()
+                if s.attempt_done and s.attempt_error is None:
+                    _drain(body)
         except ServerError as exc:
             s.transport_failed(exc)
-        yield from s.end_attempt()
-        if on_attempt is not None:
+        events = s.end_attempt()
+        if on_attempt is not None:  # before the events: a caller may stop at "end"
             on_attempt(s.attempts[-1])
+        yield from events
         if s.fatal is not None:
             raise s.fatal
         if s.complete:
             return
+
+
+#: After ``done``, read at most this much of what is left (normally only the chunked
+#: terminator), so that the connection goes back to the pool for the next request.
+_DRAIN_BYTES = 64 * 1024
+
+
+def _drain(body: Iterator[bytes]) -> None:
+    """Read the rest of a finished reply, keeping its keep-alive connection reusable."""
+    seen = 0
+    try:
+        for data in body:
+            seen += len(data)
+            if seen > _DRAIN_BYTES:
+                return
+    except ServerError:
+        return  # the reply is complete; a broken tail only costs the connection

@@ -30,6 +30,7 @@ from ._exceptions import (
     ConnectTimeout,
     FirstTokenTimeout,
     HTTPStatusError,
+    PoolTimeout,
     ServerError,
     ServerModelNotFound,
     StallTimeout,
@@ -183,7 +184,17 @@ def _translate(
     exc: httpx.HTTPError, server: str, connect_s: float | None, where: str, read_s: float | None = None
 ) -> ServerError:
     """Map an httpx error to the aicortex tree (the one translation boundary)."""
-    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout)):
+    if isinstance(exc, httpx.PoolTimeout):
+        return PoolTimeout(
+            f"no free connection in this client's pool within {connect_s:g} s (raise max_connections)"
+            if connect_s
+            else f"connection pool timeout: {exc}",
+            server=server,
+            timeout_s=connect_s,
+        )
+    if isinstance(exc, httpx.WriteTimeout):
+        return AICortexTimeout(f"write timeout {where}", server=server, timeout_s=connect_s)
+    if isinstance(exc, httpx.ConnectTimeout):
         return ConnectTimeout(
             f"connect timeout: no connection within {connect_s:g} s" if connect_s else f"connect timeout: {exc}",
             server=server,

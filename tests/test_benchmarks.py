@@ -1,0 +1,154 @@
+"""Smoke test of benchmarks/: each benchmark runs on a tiny input and prints a table with
+the expected columns. No timing is asserted (figures depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _emit(result, tmp_path, capsys):
+    from _common import emit
+
+    path = emit(result, out_dir=tmp_path)
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    return out, data
+
+
+def _header(columns):
+    return "| " + " | ".join(columns)
+
+
+def _check_table(out, columns, nrows):
+    lines = [l for l in out.splitlines() if l.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == list(columns)
+    assert len(lines) >= 2 + nrows  # header, rule, rows
+
+
+def test_stream_overhead(tmp_path, capsys):
+    pytest.importorskip("ollama", reason="the official client is the `bench` extra: pip install -e '.[test,bench]'")
+    import bench_stream
+
+    result = bench_stream.run(quick=True, chunks=2000, repeats=1, profile=False)
+    out, data = _emit(result, tmp_path, capsys)
+    assert result["columns"] == ["consumer", "CPU us/chunk (best)", "CPU us/chunk (median)", "x floor", "chunks/s (best)",
+                                 "peak RSS MB", "RSS growth MB", "runs"]
+    _check_table(out, result["columns"], 4)
+    assert [r["consumer"] for r in data["rows"]] == ["httpx", "ollama", "aicortex", "transport"]
+    assert all(r["cpu_us_per_chunk_best"] > 0 and r["chunks_per_s_best"] > 0 for r in data["rows"])
+    assert "Target 1a" in out and "Target 1b" in out
+    assert "JSON: " in out
+
+
+def test_stream_profile_lists_functions():
+    pytest.importorskip("ollama", reason="the official client is the `bench` extra: pip install -e '.[test,bench]'")
+    import bench_stream
+
+    result = bench_stream.run(quick=True, chunks=500, repeats=1, profile=True)
+    assert result["profile_top"] and all("function" in r for r in result["profile_top"])
+
+
+def test_import_time(tmp_path, capsys):
+    pytest.importorskip("ollama", reason="the official client is the `bench` extra: pip install -e '.[test,bench]'")
+    import bench_import
+
+    result = bench_import.run(quick=True, runs=1)
+    out, data = _emit(result, tmp_path, capsys)
+    assert result["columns"][:5] == ["import", "-X importtime cumulative ms (median)", "wall minus `-c pass` ms (median)",
+                                     "x ollama (importtime)", "x ollama (wall)"]
+    _check_table(out, result["columns"], 4)
+    assert [r["case"] for r in data["rows"]][:3] == ["aicortex", "ollama", "httpx"]
+    assert data["rows"][0]["importtime_ms_median"] > 0
+    assert "Target 2" in out
+
+
+def test_failover(tmp_path, capsys):
+    import bench_failover
+
+    result = bench_failover.run(quick=True, reps=1)
+    out, data = _emit(result, tmp_path, capsys)
+    assert result["columns"] == ["first server", "request", "TTFT ms (median)", "TTFT ms (max)", "chat() call -> first token ms",
+                                 "attempts", "1st attempt error", "text intact", "reps"]
+    _check_table(out, result["columns"], 10)
+    assert len(data["rows"]) == 10 and all(r["text_ok"] for r in data["rows"])
+    assert [r["attempts"] for r in data["rows"]] == [1, 1, 2, 1, 2, 1, 2, 1, 2, 1]
+    assert len(data["midstream"]) == 4 and all(r["gap_ms_median"] is not None and r["text_ok"] for r in data["midstream"])
+    assert "gap ms (median)" in out and "connect=0.5 s" in out
+
+
+def test_concurrency(tmp_path, capsys):
+    pytest.importorskip("ollama", reason="the official client is the `bench` extra: pip install -e '.[test,bench]'")
+    import bench_concurrency
+
+    result = bench_concurrency.run(quick=True, streams=10, tokens=10, token_delay=0.001)
+    out, data = _emit(result, tmp_path, capsys)
+    assert result["columns"] == ["consumer", "streams", "chunks", "wall s", "chunks/s", "TTFT p50 ms", "TTFT p99 ms", "errors",
+                                 "failovers", "CPU us/chunk", "streams per server", "server proc CPU"]
+    _check_table(out, result["columns"], 3)
+    for row in data["rows"]:
+        assert row["errors"] == 0 and row["chunks_total"] == 100
+
+
+def test_fleet_bench_on_fake_servers():
+    from fleet_bench import bench_servers
+
+    from aicortex import Client, Registry
+    from aicortex.testing import FakeOllama, Script
+
+    with FakeOllama(models=["m"], script=Script(tokens=("a", "b", "c"), token_delay=0.002)) as f1, FakeOllama(
+        models=["m"], script=Script(status=500)
+    ) as f2:
+        reg = Registry.memory()
+        try:
+            reg.add(f1.url, name="good")
+            reg.add(f2.url, name="bad")
+            with Client(reg, timeout=2.0) as client:
+                client.refresh()
+                rows = bench_servers(client, "m", runs=3)
+        finally:
+            reg.close()
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"good", "bad"}
+    good, bad = by["good"], by["bad"]
+    assert good["ok"] == 3 and not good["errors"] and good["ttft_p50_s"] > 0 and good["tps_p50"] > 0
+    assert good["server_tps_p50"] is not None and good["ewma_ttft_s"] is not None
+    assert bad["ok"] == 0 and len(bad["errors"]) == 3 and bad["ttft_p50_s"] is None
+
+
+def test_run_all_quick_cli(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AICORTEX_", "OLLAMA_"))}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", "failover", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=str(ROOT), env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "### 3. Failover cost" in proc.stdout and "| first server" in proc.stdout
+    assert "Summary: " in proc.stdout
+    assert (tmp_path / "failover.json").exists() and (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.real
+def test_real_model(realstack_installed, tmp_path, capsys):
+    import bench_real
+
+    result = bench_real.run(quick=True, runs=1)
+    if result.get("skipped"):
+        if os.environ.get("AICORTEX_REQUIRE_REAL") == "1":
+            pytest.fail(result["skipped"], pytrace=False)
+        pytest.skip(result["skipped"])
+    out, data = _emit(result, tmp_path, capsys)
+    _check_table(out, bench_real.COLUMNS, 2)
+    assert len(data["rows"]) == 2 and all(r["ok"] == 1 and r["ttft_p50_s"] for r in data["rows"])
