@@ -1,7 +1,7 @@
-"""Reproductions of bugs found in review. Every test here FAILS with the current code.
+"""Regression tests for bugs found in review (each failed before its fix).
 
-Each test names the file and the defect in its comment. Real loopback FakeOllama servers,
-no mocks of aicortex code.
+Each test's comment names the file and the defect it guards against. Real loopback
+FakeOllama servers, no mocks of aicortex code.
 """
 
 from __future__ import annotations
