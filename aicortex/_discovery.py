@@ -34,7 +34,8 @@ class ProbeResult:
         ok: all required probes succeeded (/api/version and /api/tags).
         version: from /api/version.
         models: from /api/tags.
-        loaded: model names from /api/ps (empty if /api/ps failed: that is not fatal).
+        loaded: model names from /api/ps (empty when /api/ps answers an HTTP error, as
+            an old server or a proxy may; a connection failure there marks the server down).
         latency_s: seconds the /api/version round trip took.
         error: why the server is down, or ``None``.
     """

@@ -19,7 +19,7 @@ The tree::
     │   │   └── ServerModelNotFound       HTTP 404 {"error": "model 'x' not found"}
     │   ├── OllamaError                   an in-stream {"error": ...} line on an HTTP 200 stream
     │   └── ProtocolError                 a malformed reply: bad NDJSON, a line over the cap,
-    │       └── IncompleteStream          the connection ended before a done:true chunk
+    │       └── IncompleteStream          the body ended cleanly without a done:true chunk
     ├── DeadlineExceeded (TimeoutError)   the total deadline across all attempts ran out
     └── AllServersFailed (RuntimeError)   every candidate failed; ``.attempts`` says how
 
@@ -221,7 +221,10 @@ class ProtocolError(ServerError):
 
 
 class IncompleteStream(ProtocolError):
-    """The stream ended (clean EOF or a dropped connection) without a ``done: true`` chunk."""
+    """The body ended cleanly (EOF) without a ``done: true`` chunk (ollama-protocol §3.3).
+
+    A connection dropped mid-reply is a :class:`ConnectError` instead (server-level).
+    """
 
     kind = "incomplete"
 

@@ -128,7 +128,7 @@ class Transport:
         except httpx.HTTPError as exc:
             raise _translate(exc, server, connect_timeout_s, "before a reply") from exc
         try:
-            if response.status_code >= 400:
+            if response.status_code >= 300:  # redirects are not followed: a wrong URL, said so
                 body_bytes = self._read_bounded(response, server)
                 raise _status_error(
                     server, response.status_code, body_bytes, response.headers.get("content-type", "")
@@ -175,7 +175,7 @@ class Transport:
             response = self._client.get(server + path, timeout=timeout, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
             raise _translate(exc, server, connect_timeout_s, f"on GET {path}", read_timeout_s) from exc
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise _status_error(server, response.status_code, response.content, response.headers.get("content-type", ""))
         return response.content
 
