@@ -226,6 +226,7 @@ class Client:
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_midstream: MidstreamPolicy | None = None,
         timeout: Timeouts | float | dict | None = None,
+        servers: Sequence[str] | None = None,
     ) -> Reply | Stream:
         """Send a chat to the fleet: the first healthy server with the model answers.
 
@@ -240,6 +241,8 @@ class Client:
             on_midstream: overrides the client's mid-stream policy for this request.
             timeout: overrides the client's :class:`Timeouts` for this request (a dict
                 changes only the fields it names).
+            servers: names or URLs to restrict this request to (e.g. to measure one
+                server); they are tried in routing order, circuit breakers ignored.
 
         Raises:
             ConfigError: no model, an empty prompt, a malformed message list.
@@ -255,6 +258,8 @@ class Client:
         messages = build_messages(prompt, system)
         timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
         route = self.route(name)
+        if servers is not None:
+            route = self._pinned(route, name, servers)
         session = ChatSession(
             model=name,
             messages=messages,
@@ -270,6 +275,21 @@ class Client:
             return s
         with s:
             return s.reply()
+
+    def _pinned(self, route: "Route", model: str, servers: Sequence[str]) -> "Route":
+        from ._routing import Route
+
+        urls = {self.registry.get(s).url for s in servers}
+        chosen = [
+            Candidate(server=c.server, warm=c.warm) for c in route.candidates + route.skipped if c.server.url in urls
+        ]
+        if not chosen:
+            raise ModelNotFound(
+                f"none of the servers {', '.join(servers)} lists model {model!r}; "
+                f"`aicortex models {model}` shows which do",
+                model=model,
+            )
+        return Route(candidates=chosen)
 
     def _claim_trial(self, model: str, cand: Candidate) -> bool:
         """Claim the one half-open trial of ``cand`` (server-level and model-level).

@@ -333,3 +333,15 @@ def test_list_model_servers_is_the_try_order(fleet):
     assert fl.client.models() == ["llama3.2:latest"]
     with pytest.raises(ModelNotFound):
         fl.client.list_model_servers("mistral")
+
+
+def test_servers_pins_a_request_to_chosen_servers(fleet):
+    fl = fleet(3)
+    reply = fl.client.chat("q", model=MODEL, servers=["s2"])
+    assert reply.server == fl.urls[2] and fl.fakes[0].chat_requests == []
+    fl.fakes[1].push(Script(status=500))
+    reply = fl.client.chat("q", model=MODEL, servers=[fl.urls[1], "s2"])
+    assert [a.server for a in reply.attempts] == fl.urls[1:]
+    with pytest.raises(ModelNotFound, match="none of the servers"):
+        fl.registry.add(closed_port_url(), name="empty")
+        fl.client.chat("q", model=MODEL, servers=["empty"])
