@@ -11,7 +11,7 @@ from typing import Any, Literal, Mapping
 
 from ._exceptions import AICortexError
 
-__all__ = ["StreamEvent", "EventType", "Usage", "Attempt", "Reply", "Server", "ModelEntry"]
+__all__ = ["StreamEvent", "EventType", "Usage", "Attempt", "Reply", "Server", "ModelEntry", "token_event"]
 
 EventType = Literal["start", "token", "thinking", "tool_call", "tool_result", "error", "meta", "reset", "end"]
 
@@ -48,6 +48,22 @@ class StreamEvent:
     timestamp: float = 0.0
     server: str | None = None
     attempt: int = 1
+
+
+_new = object.__new__
+
+
+def token_event(content: str, index: int, timestamp: float, server: str | None, attempt: int) -> StreamEvent:
+    """A ``"token"`` :class:`StreamEvent`, built without the frozen-dataclass ``__init__``.
+
+    The hot path of every reply: the generated ``__init__`` of a frozen dataclass calls
+    ``object.__setattr__`` once per field; here the six fields that differ from their
+    defaults go straight into the instance ``__dict__`` (the other defaults are class
+    attributes). The result is an ordinary, equal, frozen ``StreamEvent``.
+    """
+    ev = _new(StreamEvent)
+    ev.__dict__.update(type="token", content=content, index=index, timestamp=timestamp, server=server, attempt=attempt)
+    return ev
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from ._exceptions import (
     ServerError,
 )
 from ._failover import Decision, MidstreamPolicy, decide
-from ._models import Attempt, Server, StreamEvent, Usage
+from ._models import Attempt, Server, StreamEvent, Usage, token_event
 from ._protocol import NDJSONDecoder, build_chat_body, continuation_messages, iter_tool_calls, parse_chunk
 
 __all__ = ["Candidate", "AttemptPlan", "ChatSession", "MIN_CONTINUE_CHARS"]
@@ -146,7 +146,10 @@ class ChatSession:
         self._tool_calls: list[Mapping[str, Any]] = []
         self._index = 0  # next token index
         self._emitted = False  # anything (token/thinking/tool call) reached the caller
-        self._token_times: list[float] = []
+        self._tok_count = 0  # tokens of the reply, and when the first and last arrived
+        self._tok_first = 0.0
+        self._tok_last = 0.0
+        self._now_wall = 0.0  # Unix time of the bytes being handled (one reading per read)
         # Request-wide state.
         self._started: float | None = None
         self._first_output: float | None = None
@@ -166,7 +169,8 @@ class ChatSession:
         self._attempt_wall = 0.0
         self._attempt_first: float | None = None
         self._attempt_tokens = 0
-        self._attempt_token_span: list[float] = []
+        self._attempt_tok_first = 0.0
+        self._attempt_tok_last = 0.0
         self._attempt_error: AICortexError | None = None
         self._done = False
         # Continuation de-duplication: a server that ignores the prefill and starts the
@@ -215,10 +219,7 @@ class ChatSession:
     @property
     def tokens_per_second(self) -> float | None:
         """Client-measured tokens/s of the reply: tokens after the first / seconds since it."""
-        times = self._token_times
-        if len(times) < 2 or times[-1] <= times[0]:
-            return None
-        return (len(times) - 1) / (times[-1] - times[0])
+        return _rate(self._tok_count, self._tok_first, self._tok_last)
 
     def message(self) -> dict[str, Any]:
         """The assistant message as Ollama shapes it (content, thinking?, tool_calls?)."""
@@ -297,7 +298,7 @@ class ChatSession:
         self._attempt_wall = self._wall()
         self._attempt_first = None
         self._attempt_tokens = 0
-        self._attempt_token_span = []
+        self._attempt_tok_first = self._attempt_tok_last = 0.0
         self._attempt_error = None
         self._done = False
         self._held = []
@@ -317,7 +318,7 @@ class ChatSession:
                 self._thinking.clear()
                 self._tool_calls.clear()
                 self._index = 0
-                self._token_times.clear()
+                self._tok_count = 0
                 self._emitted = False
             self._prefix = self.text if mode == "continue" else ""
         return plan, events
@@ -371,7 +372,28 @@ class ChatSession:
         events: list[StreamEvent] = []
         plan = self._plan
         assert plan is not None
+        now = self._clock()
+        self._now_wall = self._wall()
         for obj in chunks:
+            # Fast path: a plain content chunk {"message": {"role", "content"}, "done": false}.
+            msg = obj.get("message")
+            if (
+                obj.get("done") is False
+                and type(msg) is dict
+                and len(msg) == 2
+                and "role" in msg
+                and not self._prefix
+                and "error" not in obj
+            ):
+                content = msg["content"] if "content" in msg else None
+                if type(content) is str:
+                    if content:
+                        if self._attempt_first is None:
+                            self._attempt_first = now
+                            if self._first_output is None:
+                                self._first_output = now
+                        self._emit_token(content, now, events)
+                        continue
             try:
                 chunk = parse_chunk(obj, server=plan.server)
             except ServerError as exc:
@@ -380,7 +402,6 @@ class ChatSession:
             if chunk.error is not None:
                 self._attempt_error = OllamaError(f"server error: {chunk.error}", server=plan.server, error=chunk.error)
                 return events
-            now = self._clock()
             if chunk.thinking or chunk.content or chunk.tool_calls:
                 if self._attempt_first is None:
                     self._attempt_first = now
@@ -444,14 +465,16 @@ class ChatSession:
     def _emit_token(self, text: str, now: float, events: list[StreamEvent]) -> None:
         self._emitted = True
         self._parts.append(text)
-        self._token_times.append(now)
+        if not self._tok_count:
+            self._tok_first = now
+        self._tok_count += 1
+        self._tok_last = now
+        if not self._attempt_tokens:
+            self._attempt_tok_first = now
         self._attempt_tokens += 1
-        span = self._attempt_token_span
-        if span:
-            span[1:] = [now]
-        else:
-            span.append(now)
-        events.append(self._event("token", text, index=self._index))
+        self._attempt_tok_last = now
+        plan = self._plan
+        events.append(token_event(text, self._index, self._now_wall, plan.server if plan else None, plan.number if plan else 1))
         self._index += 1
 
     def end_attempt(self) -> list[StreamEvent]:
@@ -480,7 +503,7 @@ class ChatSession:
             error=error,
             ttft_s=None if self._attempt_first is None else self._attempt_first - self._attempt_started,
             tokens=self._attempt_tokens,
-            tokens_per_second=_rate(self._attempt_tokens, self._attempt_token_span),
+            tokens_per_second=_rate(self._attempt_tokens, self._attempt_tok_first, self._attempt_tok_last),
             started_at=self._attempt_wall,
             elapsed_s=now - self._attempt_started,
             mode=plan.mode,
@@ -539,11 +562,11 @@ def _reason(error: AICortexError | None) -> str:
     return error.reason if isinstance(error, ServerError) else str(error)
 
 
-def _rate(tokens: int, span: list[float]) -> float | None:
-    """Tokens/s after the first token: ``(tokens - 1) / (last - first)``."""
-    if tokens < 2 or len(span) < 2 or span[1] <= span[0]:
+def _rate(tokens: int, first: float, last: float) -> float | None:
+    """Tokens/s after the first token: ``(tokens - 1) / (last - first)`` (seconds)."""
+    if tokens < 2 or last <= first:
         return None
-    return (tokens - 1) / (span[1] - span[0])
+    return (tokens - 1) / (last - first)
 
 
 def format_allows_continue(fmt: Any) -> bool:
