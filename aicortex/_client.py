@@ -25,6 +25,7 @@ from ._stream import Stream
 if TYPE_CHECKING:  # pragma: no cover
     import sqlite_utils
 
+    from ._bench import BenchResult
     from ._discovery import ProbeResult, RefreshReport
     from ._registry import Registry
     from ._routing import Route
@@ -192,6 +193,41 @@ class Client:
         """
         route = self.route(_require_model(model))
         return [c.server for c in route.candidates + route.skipped]
+
+    def bench(
+        self,
+        model: str,
+        runs: int = 5,
+        *,
+        prompt: str | None = None,
+        max_tokens: int | None = 32,
+        warmup: int = 0,
+        on_result: "Callable[[BenchResult], None] | None" = None,
+    ) -> "list[BenchResult]":
+        """Measure each enabled server that lists ``model`` with ``runs`` short replies.
+
+        Each reply is pinned to one server (no failover). Returns one
+        :class:`~aicortex._bench.BenchResult` per server, in try order, with p50/p95 TTFT
+        (seconds) and tokens/s (client-measured; p50 server-reported). The figures are
+        stored in the registry (``bench`` table) and feed the EWMA metrics routing uses.
+
+        Args:
+            runs: measured replies per server; ``warmup``: extra ones first (e.g. 1 to
+                load a cold model), left out of the figures.
+            prompt: the user message (default: count from 1 to 20).
+            max_tokens: ``options.num_predict`` of each reply (``None``: server default).
+            on_result: called with each server's result as soon as it is measured.
+
+        Raises:
+            ModelNotFound: no enabled server lists the model.
+            ConfigError: ``runs < 1`` or ``warmup < 0``.
+        """
+        from ._bench import DEFAULT_BENCH_PROMPT, bench_servers
+
+        return bench_servers(
+            self, _require_model(model), runs, prompt=prompt or DEFAULT_BENCH_PROMPT,
+            max_tokens=max_tokens, warmup=warmup, on_result=on_result,
+        )
 
     def _model_not_found(self, model: str) -> ModelNotFound:
         servers = self.registry.servers(enabled_only=True)

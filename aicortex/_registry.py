@@ -113,6 +113,27 @@ def m002_health(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m003_bench(db: sqlite_utils.Database) -> None:
+    # The latest `aicortex bench` figures per (server, model).
+    db["bench"].create(
+        {
+            "server_id": int,
+            "model": str,
+            "measured_at": float,
+            "runs": int,
+            "ok": int,
+            "ttft_p50_s": float,
+            "ttft_p95_s": float,
+            "tps_p50": float,
+            "tps_p95": float,
+            "server_tps_p50": float,
+        },
+        pk=("server_id", "model"),
+        foreign_keys=[("server_id", "servers", "id")],
+    )
+
+
 def _now() -> float:
     return time.time()
 
@@ -320,6 +341,7 @@ class Registry:
             with self.db.atomic():
                 self.db.execute("delete from models where server_id = ?", [row["id"]])
                 self.db.execute("delete from health where server_id = ?", [row["id"]])
+                self.db.execute("delete from bench where server_id = ?", [row["id"]])
                 self.db.execute("delete from servers where id = ?", [row["id"]])
             return removed
 
@@ -519,6 +541,28 @@ class Registry:
                     {"server_id": row["id"], "model": key, **dataclasses.asdict(new)}, pk=("server_id", "model")
                 )
             return new
+
+    def record_bench(self, model: str, result: Any) -> None:
+        """Store the latest bench figures (a :class:`~aicortex._bench.BenchResult`) of
+        (server, model), replacing the previous ones. Ignored for an unknown server."""
+        with self._wrap(write=True):
+            row = self._find(result.server)
+            if row is None:
+                return
+            figures = {
+                k: getattr(result, k)
+                for k in ("measured_at", "runs", "ok", "ttft_p50_s", "ttft_p95_s", "tps_p50", "tps_p95", "server_tps_p50")
+            }
+            self.db["bench"].upsert({"server_id": row["id"], "model": model_key(model), **figures}, pk=("server_id", "model"))
+
+    def bench_results(self, model: str) -> dict[str, dict[str, Any]]:
+        """``{url: figures}`` of the latest bench of ``model`` on each server."""
+        with self._wrap():
+            rows = self.db.query(
+                "select servers.url, bench.* from bench join servers on servers.id = bench.server_id where bench.model = ?",
+                [model_key(model)],
+            )
+            return {r.pop("url"): r for r in rows}
 
     def close(self) -> None:
         """Close the database connection."""

@@ -498,6 +498,51 @@ def _summary(stream: Any) -> str:
     return " ".join(parts)
 
 
+# -- bench ----------------------------------------------------------------------------------------
+@cli.command()
+@click.option("-m", "--model", required=True, envvar="AICORTEX_MODEL", help="Model name (env AICORTEX_MODEL).")
+@click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True, help="Short replies per server.")
+@click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Extra replies per server first (e.g. 1 to load a cold model), not counted.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=32, show_default=True, help="num_predict of each reply.")
+@click.option("--prompt", help="The user message of each reply (default: count from 1 to 20).")
+@json_option
+@db_option
+def bench(model: str, runs: int, warmup: int, max_tokens: int, prompt: str | None, as_json: bool, db: str | None) -> None:
+    """Measure each server that has MODEL: p50/p95 TTFT and tokens/s over short replies.
+
+    Each reply is pinned to one server (no failover). The figures are stored in the
+    registry, and feed the measured TTFT that routing uses.
+
+        aicortex bench -m llama3.2 --runs 10
+    """
+    from dataclasses import asdict
+
+    with open_client(db) as client:
+        progress = (lambda r: click.echo(f"{PREFIX} {r.name}: {r.ok}/{r.runs} ok", err=True)) if not as_json else None
+        results = client.bench(model, runs, prompt=prompt, max_tokens=max_tokens, warmup=warmup, on_result=progress)
+    if as_json:
+        _echo_json([asdict(r) for r in results])
+        return
+
+    def ms(v: float | None) -> str:
+        return f"{v * 1000:.0f}" if v is not None else "-"
+
+    def rate(v: float | None) -> str:
+        return f"{v:.1f}" if v is not None else "-"
+
+    rows = [
+        (r.name, r.server, f"{r.ok}/{r.runs}", ms(r.ttft_p50_s), ms(r.ttft_p95_s),
+         rate(r.tps_p50), rate(r.tps_p95), rate(r.server_tps_p50), truncate(r.errors[0] if r.errors else "", 40))
+        for r in results
+    ]
+    click.echo(format_table(
+        ["name", "url", "ok", "ttft p50 ms", "ttft p95 ms", "tok/s p50", "tok/s p95", "server tok/s p50", "error"], rows
+    ))
+    if all(r.ok == 0 for r in results):
+        raise click.ClickException(f"every server failed every run of {model!r}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     cli()
 

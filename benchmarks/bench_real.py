@@ -3,7 +3,7 @@
 
 Starts 2 stacks of ``scripts/realstack.py`` (llama.cpp serving SmolLM2-135M behind an
 Ollama-API front end, each on 127.0.0.1) and measures each with
-:func:`fleet_bench.bench_servers`: a few short replies pinned to each server, as aicortex
+:meth:`aicortex.Client.bench` (``aicortex bench``): a few short replies pinned to each server, as aicortex
 measures them (``Stream.ttft_s``, ``Stream.tokens_per_second``) beside the figures the
 server reports (``Stream.usage.tokens_per_second`` = eval_count / eval_duration).
 Skipped, with the reason printed, when the real stack cannot be installed or started.
@@ -22,10 +22,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
 
 from _common import emit  # noqa: E402
-from fleet_bench import DEFAULT_PROMPT, bench_servers  # noqa: E402
 
 COLUMNS = ["server", "ok/runs", "TTFT p50 ms", "TTFT p95 ms", "tok/s p50 (aicortex)", "tok/s p95 (aicortex)",
-           "tok/s p50 (server-reported)", "tokens/reply", "registry EWMA TTFT ms", "registry EWMA tok/s"]
+           "tok/s p50 (server-reported)", "registry EWMA TTFT ms", "registry EWMA tok/s"]
 
 
 def run(quick: bool = False, runs: int | None = None, stacks: int = 2, max_tokens: int = 48) -> dict:
@@ -41,7 +40,10 @@ def run(quick: bool = False, runs: int | None = None, stacks: int = 2, max_token
         group = realstack.Stacks(stacks)
     except realstack.StackUnavailable as exc:
         return {**base, "skipped": f"real stack unavailable: {exc.reason}", "notes": []}
+    from dataclasses import asdict
+
     from aicortex import Client, Registry
+    from aicortex._bench import DEFAULT_BENCH_PROMPT
 
     with group as started:
         reg = Registry.memory()
@@ -50,7 +52,9 @@ def run(quick: bool = False, runs: int | None = None, stacks: int = 2, max_token
                 reg.add(s.url, name=f"stack{i}")
             with Client(reg) as client:
                 client.refresh()
-                rows = bench_servers(client, realstack.MODEL, runs=runs, max_tokens=max_tokens, warmup=1)
+                results = client.bench(realstack.MODEL, runs, max_tokens=max_tokens, warmup=1)
+                rows = [{**asdict(r), "ewma_ttft_s": reg.health(r.server, realstack.MODEL).ewma_ttft_s,
+                         "ewma_tps": reg.health(r.server, realstack.MODEL).ewma_tps} for r in results]
         finally:
             reg.close()
 
@@ -61,11 +65,11 @@ def run(quick: bool = False, runs: int | None = None, stacks: int = 2, max_token
         return "-" if v is None else f"{v:.1f}"
 
     display = [[r["name"], f"{r['ok']}/{r['runs']}", ms(r["ttft_p50_s"]), ms(r["ttft_p95_s"]), num(r["tps_p50"]), num(r["tps_p95"]),
-                num(r["server_tps_p50"]), num(r["tokens_p50"]), ms(r["ewma_ttft_s"]), num(r["ewma_tps"])] for r in rows]
+                num(r["server_tps_p50"]), ms(r["ewma_ttft_s"]), num(r["ewma_tps"])] for r in rows]
     notes = [
         f"{stacks} stacks started together (1 llama.cpp thread each on this 2-core machine); per stack 1 warm-up reply, then "
-        f"{runs} measured replies of at most {max_tokens} tokens (options.num_predict), prompt {DEFAULT_PROMPT!r}; "
-        "measured with benchmarks/fleet_bench.py bench_servers().",
+        f"{runs} measured replies of at most {max_tokens} tokens (options.num_predict), prompt {DEFAULT_BENCH_PROMPT!r}; "
+        "measured with aicortex's own Client.bench() (the `aicortex bench` command).",
         "TTFT = Stream.ttft_s; tok/s (aicortex) = Stream.tokens_per_second (chunks after the first / seconds since the first); "
         "server-reported = Stream.usage.tokens_per_second (eval_count / eval_duration).",
         "The registry EWMAs include the warm-up reply (the first reply of a stack is the slow one).",

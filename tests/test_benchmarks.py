@@ -101,33 +101,6 @@ def test_concurrency(tmp_path, capsys):
     for row in data["rows"]:
         assert row["errors"] == 0 and row["chunks_total"] == 100
 
-
-def test_fleet_bench_on_fake_servers():
-    from fleet_bench import bench_servers
-
-    from aicortex import Client, Registry
-    from aicortex.testing import FakeOllama, Script
-
-    with FakeOllama(models=["m"], script=Script(tokens=("a", "b", "c"), token_delay=0.002)) as f1, FakeOllama(
-        models=["m"], script=Script(status=500)
-    ) as f2:
-        reg = Registry.memory()
-        try:
-            reg.add(f1.url, name="good")
-            reg.add(f2.url, name="bad")
-            with Client(reg, timeout=2.0) as client:
-                client.refresh()
-                rows = bench_servers(client, "m", runs=3)
-        finally:
-            reg.close()
-    by = {r["name"]: r for r in rows}
-    assert set(by) == {"good", "bad"}
-    good, bad = by["good"], by["bad"]
-    assert good["ok"] == 3 and not good["errors"] and good["ttft_p50_s"] > 0 and good["tps_p50"] > 0
-    assert good["server_tps_p50"] is not None and good["ewma_ttft_s"] is not None
-    assert bad["ok"] == 0 and len(bad["errors"]) == 3 and bad["ttft_p50_s"] is None
-
-
 def test_run_all_quick_cli(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AICORTEX_", "OLLAMA_"))}
     proc = subprocess.run(

@@ -77,7 +77,7 @@ ALL_COMMANDS = list(_commands(cli))
 def test_command_tree_is_what_we_mean():
     assert {" ".join(p) for p, _ in ALL_COMMANDS} == {
         "servers", "servers add", "servers list", "servers remove", "servers enable",
-        "servers disable", "refresh", "models", "chat",
+        "servers disable", "refresh", "models", "chat", "bench",
     }
 
 
@@ -474,3 +474,30 @@ def test_format_table_aligns_columns():
         "xxx",
         "y    2",
     ]
+
+
+def test_bench_measures_each_server_and_stores_the_figures(tmp_path):
+    from aicortex import Registry
+
+    db = tmp_path / "bench.db"
+    with FakeOllama(models=["llama3.2"], script=Script(tokens=("1", " 2", " 3", " 4"), token_delay=0.005)) as a, \
+            FakeOllama(models=["llama3.2"]) as b:
+        b.default_script = Script(status=500)
+        reg = Registry(db, seed=False)
+        reg.add(a.url, name="a")
+        reg.add(b.url, name="b")
+        reg.close()
+        result = CliRunner().invoke(cli, ["bench", "-m", "llama3.2", "--runs", "3", "--db", str(db)])
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert lines[0].split()[:3] == ["name", "url", "ok"]
+        row_a = next(ln for ln in lines if ln.startswith("a "))
+        row_b = next(ln for ln in lines if ln.startswith("b "))
+        assert "3/3" in row_a and "0/3" in row_b and "HTTP 500" in row_b
+        assert len(a.chat_requests) == 3 and len(b.chat_requests) == 3  # pinned: no failover between them
+        with Registry(db, seed=False) as reg:
+            stored = reg.bench_results("llama3.2")
+            assert stored[a.url]["ok"] == 3 and stored[a.url]["ttft_p50_s"] > 0 and stored[a.url]["tps_p50"] > 0
+            assert reg.health(a.url, "llama3.2").successes == 3
+        as_json = CliRunner().invoke(cli, ["bench", "-m", "llama3.2", "--runs", "1", "--json", "--db", str(db)])
+        assert as_json.exit_code == 0 and json.loads(as_json.stdout)[0]["server"] == a.url
