@@ -325,8 +325,7 @@ class Registry:
                     f"server {e['name']!r} ({e['url']}) is already registered; "
                     "use a different --name, or `aicortex servers remove` it first"
                 )
-            with self.db.atomic():
-                self._insert(normalized, name=name, priority=priority, enabled=enabled)
+            self._insert(normalized, name=name, priority=priority, enabled=enabled)
             return self.get(normalized)
 
     def remove(self, server: str) -> Server:
@@ -338,18 +337,16 @@ class Registry:
         with self._wrap(write=True):
             row = self._row(server)
             removed = self._server(row)
-            with self.db.atomic():
-                self.db.execute("delete from models where server_id = ?", [row["id"]])
-                self.db.execute("delete from health where server_id = ?", [row["id"]])
-                self.db.execute("delete from bench where server_id = ?", [row["id"]])
-                self.db.execute("delete from servers where id = ?", [row["id"]])
+            self.db.execute("delete from models where server_id = ?", [row["id"]])
+            self.db.execute("delete from health where server_id = ?", [row["id"]])
+            self.db.execute("delete from bench where server_id = ?", [row["id"]])
+            self.db.execute("delete from servers where id = ?", [row["id"]])
             return removed
 
     def _set_enabled(self, server: str, enabled: bool) -> Server:
         with self._wrap(write=True):
             row = self._row(server)
-            with self.db.atomic():
-                self.db["servers"].update(row["id"], {"enabled": int(enabled), "updated_at": _now()})
+            self.db["servers"].update(row["id"], {"enabled": int(enabled), "updated_at": _now()})
             return self.get(row["url"])
 
     def enable(self, server: str) -> Server:
@@ -441,42 +438,41 @@ class Registry:
         at = _now() if at is None else at
         with self._wrap(write=True):
             row = self._row(url)
-            with self.db.atomic():
-                if error is not None:
-                    self.db["servers"].update(
-                        row["id"], {"status": "down", "last_error": error, "last_refresh_at": at, "updated_at": at}
-                    )
-                else:
-                    self.db["servers"].update(
-                        row["id"],
+            if error is not None:
+                self.db["servers"].update(
+                    row["id"], {"status": "down", "last_error": error, "last_refresh_at": at, "updated_at": at}
+                )
+            else:
+                self.db["servers"].update(
+                    row["id"],
+                    {
+                        "status": "up",
+                        "version": version,
+                        "last_error": None,
+                        "last_seen_at": at,
+                        "last_refresh_at": at,
+                        "probe_latency_s": latency_s,
+                        "updated_at": at,
+                    },
+                )
+                if models is not None:
+                    warm = {model_key(n) for n in (loaded or ())}
+                    self.db.execute("delete from models where server_id = ?", [row["id"]])
+                    unique = {m.name: m for m in models}.values()  # a name listed twice is one model
+                    self.db["models"].insert_all(
                         {
-                            "status": "up",
-                            "version": version,
-                            "last_error": None,
-                            "last_seen_at": at,
-                            "last_refresh_at": at,
-                            "probe_latency_s": latency_s,
-                            "updated_at": at,
-                        },
+                            "server_id": row["id"],
+                            "name": m.name,
+                            "key": model_key(m.name),
+                            "digest": m.digest,
+                            "size": m.size,
+                            "details": json.dumps(dict(m.details)),
+                            "modified_at": m.modified_at,
+                            "loaded": int(model_key(m.name) in warm),
+                        }
+                        for m in unique
                     )
-                    if models is not None:
-                        warm = {model_key(n) for n in (loaded or ())}
-                        self.db.execute("delete from models where server_id = ?", [row["id"]])
-                        unique = {m.name: m for m in models}.values()  # a name listed twice is one model
-                        self.db["models"].insert_all(
-                            {
-                                "server_id": row["id"],
-                                "name": m.name,
-                                "key": model_key(m.name),
-                                "digest": m.digest,
-                                "size": m.size,
-                                "details": json.dumps(dict(m.details)),
-                                "modified_at": m.modified_at,
-                                "loaded": int(model_key(m.name) in warm),
-                            }
-                            for m in unique
-                        )
-                self._set_meta("last_refresh_at", str(at))
+            self._set_meta("last_refresh_at", str(at))
 
     def record_error(self, url: str, error: str) -> None:
         """Remember the last error a chat attempt got from a server (shown by ``servers list``)."""
@@ -484,8 +480,7 @@ class Registry:
             row = self._find(url)
             if row is None:
                 return
-            with self.db.atomic():
-                self.db["servers"].update(row["id"], {"last_error": error, "updated_at": _now()})
+            self.db["servers"].update(row["id"], {"last_error": error, "updated_at": _now()})
 
     def last_refresh_at(self) -> float | None:
         """Unix seconds of the last refresh of any server, ``None`` if never refreshed."""
