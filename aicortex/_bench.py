@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ._exceptions import AICortexError, AllServersFailed, ConfigError
+from ._exceptions import AICortexError, AllServersFailed, ConfigError, error_reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import Client
@@ -88,7 +88,7 @@ def bench_servers(
                 if i >= warmup:
                     # One pinned server: its attempt's error says more than "all 1 servers failed".
                     cause = exc.attempts[-1].error if isinstance(exc, AllServersFailed) and exc.attempts else exc
-                    errors.append(getattr(cause, "reason", str(cause)))
+                    errors.append(error_reason(cause))
                 continue
             if i < warmup:
                 continue

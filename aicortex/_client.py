@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, overload
 
 from ._config import Timeouts, env_model
-from ._exceptions import ConfigError, ModelNotFound, ServerError
+from ._exceptions import ConfigError, ModelNotFound, error_reason
 from ._failover import MIDSTREAM_POLICIES, MidstreamPolicy
 from ._models import Attempt, Reply, Server
 from ._protocol import build_messages
@@ -370,7 +370,7 @@ class Client:
                 ),
             )
             return
-        text = error.reason if isinstance(error, ServerError) else str(error)
+        text = error_reason(error)
         self.registry.record_error(url, text)
         scope = RULES.get(failure_kind(error), RULES["server_error"]).scope
         if scope == "server":

@@ -56,6 +56,7 @@ __all__ = [
     "IncompleteStream",
     "DeadlineExceeded",
     "AllServersFailed",
+    "error_reason",
 ]
 
 
@@ -260,3 +261,9 @@ class AllServersFailed(AICortexError, RuntimeError):
         super().__init__(message)
         self.model = model
         self.attempts = tuple(attempts)
+
+
+def error_reason(error: BaseException | None) -> str:
+    """An error's text without the server URL (``ServerError.reason``), for messages and
+    events that name the server already; ``str(error)`` for any other error."""
+    return error.reason if isinstance(error, ServerError) else str(error)

@@ -39,6 +39,7 @@ from ._exceptions import (
     IncompleteStream,
     OllamaError,
     ServerError,
+    error_reason,
 )
 from ._failover import Decision, MidstreamPolicy, decide
 from ._models import Attempt, Server, StreamEvent, Usage, token_event
@@ -520,7 +521,7 @@ class ChatSession:
             }
             return [self._event("end", meta=meta)]
         kind_meta = {"kind": getattr(error, "kind", "deadline"), "mode": plan.mode}
-        events = [self._event("error", _reason(error), meta=kind_meta)]
+        events = [self._event("error", error_reason(error), meta=kind_meta)]
         if isinstance(error, DeadlineExceeded):
             self.fatal = self._deadline_error(error)
             return events
@@ -542,7 +543,7 @@ class ChatSession:
         return events
 
     def _all_failed(self) -> AllServersFailed:
-        reasons = "; ".join(f"{a.server}: {_reason(a.error)}" for a in self._attempts) or "no candidate servers"
+        reasons = "; ".join(f"{a.server}: {error_reason(a.error)}" for a in self._attempts) or "no candidate servers"
         if self.skipped:
             reasons += "; skipped (circuit breaker open, in cooldown): " + ", ".join(c.server.url for c in self.skipped)
         return AllServersFailed(
@@ -555,11 +556,6 @@ class ChatSession:
         deadline = self.timeouts.deadline
         msg = str(cause) if cause else f"deadline of {deadline:g} s exceeded after {len(self._attempts)} attempts"
         return DeadlineExceeded(msg, deadline_s=deadline, attempts=self._attempts)
-
-
-def _reason(error: AICortexError | None) -> str:
-    """An error's text without the server URL (events and messages name the server already)."""
-    return error.reason if isinstance(error, ServerError) else str(error)
 
 
 def _rate(tokens: int, first: float, last: float) -> float | None:

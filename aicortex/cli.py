@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import click
 
-from ._exceptions import AICortexError, AllServersFailed
+from ._exceptions import AICortexError, AllServersFailed, error_reason
 from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,18 +139,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _reason(text: str, server: str | None) -> str:
-    """The error text without the ``" (URL)"`` suffix ServerError adds."""
-    suffix = f" ({server})" if server else ""
-    return text[: -len(suffix)] if suffix and text.endswith(suffix) else text
-
-
 def _all_failed_message(exc: AllServersFailed, names: dict[str, str] | None = None) -> str:
     names = names or {}
     lines = [f"all {_plural(len(exc.attempts), 'server')} failed for model {exc.model!r}:"]
     for a in exc.attempts:
         where = f"{names[a.server]} ({a.server})" if a.server in names else a.server
-        lines.append(f"  {where}: {_reason(str(a.error), a.server)}")
+        lines.append(f"  {where}: {error_reason(a.error)}")
     if not exc.attempts:
         lines[0] = str(exc)
     return "\n".join(lines)
@@ -230,7 +224,7 @@ def servers_list(as_json: bool, db: str | None) -> None:
             s.version or "",
             _models_cell(s.models),
             humanize_ago(s.last_seen_at, now),
-            truncate(_reason(s.last_error or "", s.url)),
+            truncate(s.last_error or ""),
         )
         for s in found
     ]
@@ -296,7 +290,7 @@ def refresh(server_names: tuple[str, ...], db: str | None) -> None:
     )
     for r in report.results:
         if not r.ok:
-            click.echo(f"  down: {names.get(r.url, r.url)} ({r.url}): {_reason(r.error or '', r.url)}")
+            click.echo(f"  down: {names.get(r.url, r.url)} ({r.url}): {r.error or ''}")
     if report.up == 0:
         raise click.ClickException(f"all {_plural(report.down, 'server')} are down")
 
@@ -394,7 +388,7 @@ class _Printer:
                 self.cursor_at_line_start = ev.content.endswith("\n")
                 self.in_thinking = True
         elif ev.type == "error":
-            self._notice(f"{self.name(ev.server)} failed: {_reason(ev.content, ev.server)}")
+            self._notice(f"{self.name(ev.server)} failed: {ev.content}")
         elif ev.type == "meta" and ev.meta and ev.meta.get("failover"):
             verb = "continuing" if ev.meta["failover"] == "continue" else "restarting"
             self._notice(f"{verb} on {self.name(ev.meta.get('to'))}")
