@@ -317,18 +317,14 @@ def models(model: str | None, as_json: bool, db: str | None) -> None:
             else:
                 click.echo("No model found: `aicortex refresh`, or `aicortex servers list` to see why.", err=True)
             return
-        found = client.list_model_servers(model)
-        # list_model_servers() gives Servers without their model lists: read the /api/ps
-        # state from the model entries, and the full rows for --json.
-        loaded = {s.url: e.loaded for s, e in client.registry.model_entries(model)}
-        warm = [loaded.get(s.url, False) for s in found]
+        route = client.route(model)  # the order list_model_servers() gives, with /api/ps warmth
+        ranked = [(c.server, c.warm) for c in route.candidates + route.skipped]
         if as_json:
-            full = [client.registry.get(s.url) for s in found]
-            _echo_json([{**_server_json(s), "warm": w, "rank": i} for i, (s, w) in enumerate(zip(full, warm), 1)])
+            _echo_json([{**_server_json(s), "warm": w, "rank": i} for i, (s, w) in enumerate(ranked, 1)])
             return
     rows = [
         (i, s.name, s.url, "warm" if w else "no", s.priority, s.status)
-        for i, (s, w) in enumerate(zip(found, warm), 1)
+        for i, (s, w) in enumerate(ranked, 1)
     ]
     click.echo(format_table(["#", "name", "url", "loaded", "priority", "status"], rows))
 
