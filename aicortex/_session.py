@@ -390,9 +390,7 @@ class ChatSession:
                 if type(content) is str:
                     if content:
                         if self._attempt_first is None:
-                            self._attempt_first = now
-                            if self._first_output is None:
-                                self._first_output = now
+                            self._first_output_at(now)
                         self._emit_token(content, now, events)
                         continue
             try:
@@ -405,9 +403,7 @@ class ChatSession:
                 return events
             if chunk.thinking or chunk.content or chunk.tool_calls:
                 if self._attempt_first is None:
-                    self._attempt_first = now
-                if self._first_output is None:
-                    self._first_output = now
+                    self._first_output_at(now)
             elif self._attempt_first is None and not chunk.done:
                 limit = plan.first_token_timeout_s
                 if limit is not None and now - self._attempt_started > limit:
@@ -437,6 +433,12 @@ class ChatSession:
                 self.usage = chunk.usage
                 return events
         return events
+
+    def _first_output_at(self, now: float) -> None:
+        """The current attempt's first output (token, thinking or tool call) arrived."""
+        self._attempt_first = now
+        if self._first_output is None:  # the request's TTFT counts from its very first
+            self._first_output = now
 
     def _emit_content(self, content: str, now: float, events: list[StreamEvent]) -> None:
         if not self._prefix:
