@@ -204,8 +204,8 @@ class Registry:
         db = self.db
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         db.execute("PRAGMA foreign_keys = ON")
-        if self.path is not None and db.journal_mode != "wal":
-            db.enable_wal()
+        if self.path is not None:
+            self._enable_wal()
         with self._lock:
             if not self._needs_setup(seed):
                 return
@@ -218,6 +218,21 @@ class Registry:
                     if not db["servers"].count:
                         self._insert(env_ollama_host(), name=None, priority=0, enabled=True)
                     self._set_meta("seeded_at", str(_now()))
+
+    def _enable_wal(self) -> None:
+        """Switch a file registry to WAL, once. SQLite may answer "database is locked" at
+        once, without waiting on the busy timeout, while other processes open the same new
+        file, so the switch is retried (bounded by ``BUSY_TIMEOUT_S``); another process
+        may also have done it meanwhile."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.db.enable_wal()  # a no-op once the file is in WAL mode
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _needs_setup(self, seed: bool) -> bool:
         return bool(MIGRATIONS.pending(self.db)) or (seed and self._meta("seeded_at") is None)
