@@ -1,8 +1,10 @@
-"""``Client`` wires registry, routing, the failover session and the transport together.
+"""``Client`` and ``AsyncClient`` wire the fleet view, routing, the request flow and the
+transports together; ``BaseClient`` holds what both share (settings, request preparation,
+routing, health bookkeeping), as ``httpx._client.BaseClient`` does.
 
 The module-level ``chat()``, ``models()``, ``list_model_servers()`` and ``refresh()`` use a
 default :class:`Client` built on first use (never at import). Importing aicortex loads
-neither httpx nor sqlite-utils: they are imported when the first ``Client`` is built.
+neither httpx, aiohttp nor sqlite-utils: they are imported when the first client is built.
 """
 
 from __future__ import annotations
@@ -12,38 +14,45 @@ import os
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, overload
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Generator, Literal, Mapping, Sequence, overload
 
 from ._config import Timeouts, env_model
-from ._exceptions import ConfigError, ModelNotFound, error_reason
+from ._exceptions import AICortexError, AllServersFailed, ConfigError, ModelNotFound
 from ._failover import MIDSTREAM_POLICIES, MidstreamPolicy
-from ._models import Attempt, Reply, Server
-from ._protocol import build_messages
+from ._models import Reply, Server
+from ._protocol import build_messages, encode_body
 from ._session import Candidate, ChatSession
-from ._stream import Stream
+from ._stream import AsyncStream, Stream
 
 if TYPE_CHECKING:  # pragma: no cover
     import sqlite_utils
 
     from ._bench import BenchResult
     from ._discovery import ProbeResult, RefreshReport
+    from ._fleet import FleetView
     from ._registry import Registry
     from ._routing import Route
 
-__all__ = ["Client", "chat", "models", "list_model_servers", "refresh", "DEFAULT_REFRESH_TTL_S"]
+__all__ = ["BaseClient", "Client", "AsyncClient", "chat", "models", "list_model_servers", "refresh", "DEFAULT_REFRESH_TTL_S"]
 
 #: Registry data older than this (seconds) is refreshed before a chat. 10 minutes.
 DEFAULT_REFRESH_TTL_S = 600.0
 
-Prompt = "str | Sequence[Mapping[str, Any]]"
+def _looks_like_url(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower().startswith(("http://", "https://"))
 
 
-class Client:
-    """A fleet of Ollama servers seen as one.
+class BaseClient:
+    """What :class:`Client` and :class:`AsyncClient` share: settings, the registry and its
+    in-memory fleet view, routing and request preparation.
 
     Args:
-        registry: a :class:`~aicortex.Registry`, a path to a registry file, ``":memory:"``,
-            or ``None`` for the default registry (``AICORTEX_DB`` or the user data dir).
+        registry: a :class:`~aicortex.Registry`; a path to a registry file; ``":memory:"``;
+            a server URL or a list of URLs (the official client's habit:
+            ``Client("http://gpu1:11434")`` builds an in-memory fleet of those servers,
+            refreshed on first use; no file is created); or ``None`` for the default
+            registry (``AICORTEX_DB`` or the user data dir).
         model: default model for :meth:`chat` (else ``AICORTEX_MODEL``).
         timeout: a :class:`~aicortex.Timeouts`, a number of seconds for every
             per-attempt limit, or a dict of ``Timeouts`` fields.
@@ -55,27 +64,26 @@ class Client:
         probe_timeout_s: read timeout of each discovery probe, seconds.
         headers: extra HTTP headers for every server (e.g. ``{"Authorization": ...}``,
             read from your own environment; nothing is stored in the registry).
-        verify: TLS certificate verification (on by default).
-        spread_load: shuffle servers that are equal in every routing respect
-            (warmth, priority, measured TTFT band) to spread load; servers never
-            measured keep registration order.
+        verify: TLS certificate verification: ``True`` (default), ``False``, or the path
+            of a CA bundle.
+        spread_load: shuffle servers that are equal in every routing respect (warmth,
+            priority, in-flight count, measured TTFT band) to spread load.
         max_connections: size of the HTTP connection pool (streams open at once, all
             servers together); a full pool is a ``PoolTimeout``, not the server's fault.
-
-    A context manager: leaving it closes the HTTP pool and, if the client opened it,
-    the registry.
+        keep_events: streams keep every event in ``stream.events`` (default); ``False``
+            keeps none, so a long reply holds no more memory than its text.
 
     Raises:
-        ConfigError: an unknown ``on_midstream`` or a bad timeout.
+        ConfigError: an unknown ``on_midstream``, a bad timeout, an unreadable CA bundle.
         RegistryError: the registry file cannot be opened.
     """
 
     def __init__(
         self,
-        registry: "Registry | str | os.PathLike[str] | sqlite_utils.Database | None" = None,
+        registry: "Registry | str | os.PathLike[str] | sqlite_utils.Database | Sequence[str] | None" = None,
         *,
         model: str | None = None,
-        timeout: Timeouts | float | dict | None = Timeouts(),
+        timeout: "Timeouts | float | dict[str, float | None] | None" = Timeouts(),
         on_midstream: MidstreamPolicy = "continue",
         refresh_ttl_s: float | None = DEFAULT_REFRESH_TTL_S,
         probe_timeout_s: float = 5.0,
@@ -83,9 +91,10 @@ class Client:
         verify: bool | str = True,
         spread_load: bool = True,
         max_connections: int = 100,
+        keep_events: bool = True,
     ) -> None:
+        from ._fleet import FleetView
         from ._registry import Registry
-        from ._transport import Transport
 
         _check_policy(on_midstream)
         self.timeouts = Timeouts.of(timeout)
@@ -93,22 +102,179 @@ class Client:
         self.on_midstream = on_midstream
         self.refresh_ttl_s = refresh_ttl_s
         self.probe_timeout_s = probe_timeout_s
-        if isinstance(registry, Registry):
-            self.registry = registry
-            self._owns_registry = False
-        else:
-            self.registry = Registry(registry)
-            self._owns_registry = True
+        self.keep_events = keep_events
         self._rng = random.Random() if spread_load else None
-        self._transport = Transport(headers=headers, verify=verify, max_connections=max_connections)
-        self._refresh_lock = threading.Lock()
+        self._transport = self._make_transport(headers=headers, verify=verify, max_connections=max_connections)
+        if isinstance(registry, Registry):
+            self.registry, self._owns_registry = registry, False
+        elif _looks_like_url(registry) or (isinstance(registry, (list, tuple)) and registry and all(isinstance(u, str) for u in registry)):
+            urls = [registry] if isinstance(registry, str) else list(registry)
+            self.registry, self._owns_registry = Registry.memory(), True
+            for url in urls:
+                self.registry.add(url)
+        else:
+            self.registry, self._owns_registry = Registry(registry), True  # type: ignore[arg-type]
+        try:
+            self._fleet: "FleetView" = FleetView(self.registry)
+        except BaseException:
+            if self._owns_registry:
+                self.registry.close()
+            raise
+
+    def _make_transport(self, **kw: Any) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def fleet(self) -> "FleetView":
+        """The in-memory fleet view (breakers, EWMA metrics, in-flight counts) that
+        routing reads; ``fleet.storage_errors`` counts registry writes that failed."""
+        return self._fleet
+
+    # -- routing ------------------------------------------------------------------------------
+    def _stale(self) -> bool:
+        last = self._fleet.snapshot.last_refresh_at
+        return last is None or (self.refresh_ttl_s is not None and time.time() - last > self.refresh_ttl_s)
+
+    def _route_now(self, model: str) -> "Route":
+        route = self._fleet.route(model, now=time.time(), rng=self._rng)
+        if not route.candidates and not route.skipped:
+            raise self._model_not_found(model)
+        return route
+
+    def _model_not_found(self, model: str) -> AICortexError:
+        snap = self._fleet.snapshot
+        servers = [s for s in snap.servers if s.enabled]
+        known = sorted({e.name for entries in snap.entries.values() for _, e in entries})
+        if not servers:
+            return ModelNotFound(
+                f"no registered server lists model {model!r}: no enabled server is registered: "
+                "add one with `aicortex servers add http://HOST:11434`",
+                model=model,
+            )
+        down = [s for s in servers if s.status == "down"]
+        if len(down) == len(servers):
+            reasons = "; ".join(f"{s.url}: {s.last_error or 'down'}" for s in down)
+            return AllServersFailed(
+                f"every server was down at the last refresh, so whether one has model {model!r} is "
+                f"not known: {reasons}",
+                model=model,
+                attempts=(),
+            )
+        hint = f"models available: {', '.join(known[:20]) or 'none'}"
+        if down:
+            hint += f"; {len(down)} of {len(servers)} servers are down ({down[0].name}: {down[0].last_error})"
+        hint += "; add a server that has it (`aicortex servers add URL`), pull it there, then `aicortex refresh`"
+        return ModelNotFound(f"no registered server lists model {model!r}: {hint}", model=model)
+
+    def _pinned(self, route: "Route", model: str, servers: Sequence[str]) -> "Route":
+        from ._routing import Route
+
+        urls = {self.registry.get(s).url for s in servers}
+        chosen = [
+            Candidate(server=c.server, warm=c.warm) for c in route.candidates + route.skipped if c.server.url in urls
+        ]
+        if not chosen:
+            raise ModelNotFound(
+                f"none of the servers {', '.join(servers)} lists model {model!r}; "
+                f"`aicortex models {model}` shows which do",
+                model=model,
+            )
+        return Route(candidates=chosen)
+
+    def _session(
+        self,
+        prompt: "str | Sequence[Mapping[str, Any]]",
+        *,
+        model: str | None,
+        system: str | None,
+        options: Mapping[str, Any] | None,
+        format: str | Mapping[str, Any] | None,
+        think: bool | str | None,
+        keep_alive: str | float | None,
+        tools: Sequence[Mapping[str, Any]] | None,
+        on_midstream: MidstreamPolicy | None,
+        timeout: "Timeouts | float | dict[str, float | None] | None",
+    ) -> Generator[str, "Route", ChatSession]:
+        """Prepare one chat: validate everything the caller gave (``ConfigError`` before
+        any request), then receive the route for the model (sent in by the caller, which
+        refreshes first if needed) and build the session."""
+        name = _require_model(model or self.model or env_model())
+        policy = on_midstream or self.on_midstream
+        _check_policy(policy)
+        messages = build_messages(prompt, system)
+        timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
+        request = {"options": options, "format": format, "think": think, "keep_alive": keep_alive, "tools": tools}
+        encode_body({"messages": messages, **request})  # ConfigError now, not after "start"
+        route = yield name
+        return ChatSession(
+            model=name,
+            messages=messages,
+            candidates=route.candidates,
+            skipped=route.skipped,
+            timeouts=timeouts,
+            policy=policy,
+            request=request,
+        )
+
+    def _close_registry(self) -> None:
+        self._fleet.close()
+        if self._owns_registry:
+            self.registry.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} registry={self.registry!r}>"
+
+
+_CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model answers.
+
+        Args:
+            prompt: a ``str`` (one user message) or a list of Ollama message dicts
+                (``{"role": "user", "content": "..."}``; a trailing assistant message
+                is a prefill the server continues).
+            model: model name (else the client's, else ``AICORTEX_MODEL``).
+            stream: ``True`` returns a stream of events; ``False`` a :class:`Reply`.
+            system: a system prompt, prepended as a system message.
+            options, format, think, keep_alive, tools: passed to Ollama /api/chat as is
+                (Ollama ``docs/api.md``, "Generate a chat completion").
+            on_midstream: overrides the client's mid-stream policy for this request.
+            timeout: overrides the client's :class:`Timeouts` for this request (a dict
+                changes only the fields it names; a number sets every per-attempt limit
+                and keeps the client's deadline).
+            servers: names or URLs to restrict this request to (e.g. to measure one
+                server); they are tried in routing order, circuit breakers ignored.
+            keep_events: overrides the client's ``keep_events`` for this stream.
+
+        Raises:
+            ConfigError: no model, an empty prompt, a malformed message list, a value
+                that is not JSON (e.g. in ``options``), before any request.
+            ModelNotFound: no enabled server lists the model.
+            AllServersFailed: every candidate failed (``.attempts``), or every server was
+                down at the last refresh.
+            BadRequest: HTTP 400 from a server (no failover: the request is wrong).
+            DeadlineExceeded: the total deadline ran out.
+            With ``stream=True`` the last three are raised while iterating.
+        """
+
+
+class Client(BaseClient):
+    """A fleet of Ollama servers seen as one (blocking I/O; see :class:`AsyncClient`).
+
+    Arguments as :class:`BaseClient`. A context manager: leaving it closes the HTTP pool,
+    writes the pending health outcomes and, if the client opened it, closes the registry.
+    Every method is thread-safe; one client is meant to be shared by many threads.
+    """
+
+    def _make_transport(self, **kw: Any) -> Any:
+        from ._transport import Transport
+
+        return Transport(**kw)
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the HTTP connection pool, and the registry if this client opened it."""
+        """Close the HTTP connection pool, write pending outcomes, and close the registry
+        if this client opened it."""
         self._transport.close()
-        if self._owns_registry:
-            self.registry.close()
+        self._close_registry()
 
     def __enter__(self) -> "Client":
         return self
@@ -137,11 +303,8 @@ class Client:
         """
         from ._discovery import refresh_registry
 
-        if servers is None:
-            urls = [s.url for s in self.registry.servers(enabled_only=True)]
-        else:
-            urls = [self.registry.get(s).url for s in servers]
-        return refresh_registry(
+        urls = _refresh_urls(self.registry, servers)
+        report = refresh_registry(
             self.registry,
             self._transport,
             urls,
@@ -150,16 +313,17 @@ class Client:
             max_workers=max_workers,
             on_result=on_result,
         )
+        self._fleet.reload()
+        return report
 
     def _maybe_refresh(self) -> None:
-        last = self.registry.last_refresh_at()
-        stale = last is None or (self.refresh_ttl_s is not None and time.time() - last > self.refresh_ttl_s)
-        if not stale:
-            return
-        with self._refresh_lock:
-            last2 = self.registry.last_refresh_at()
-            if last2 == last:  # nobody refreshed while we waited for the lock
-                self.refresh()
+        if self._stale():
+            with _refresh_lock(self):
+                if self._stale():
+                    try:
+                        self.refresh()
+                    except AICortexError as exc:  # a registry that cannot be written: go on
+                        self._fleet._storage_failed("refresh", exc)
 
     def models(self) -> list[str]:
         """Sorted distinct model names across enabled servers (as Ollama /api/tags names them).
@@ -175,14 +339,10 @@ class Client:
 
         Raises:
             ModelNotFound: no enabled server lists the model.
+            AllServersFailed: every server was down at the last refresh.
         """
-        from ._routing import order_candidates
-
         self._maybe_refresh()
-        entries = self.registry.model_entries(model)
-        if not entries:
-            raise self._model_not_found(model)
-        return order_candidates(entries, self.registry.health_for_model(model), now=time.time(), rng=self._rng)
+        return self._route_now(_require_model(model))
 
     def list_model_servers(self, model: str) -> list[Server]:
         """The enabled servers that list ``model``, in the order :meth:`chat` would try
@@ -229,31 +389,30 @@ class Client:
             max_tokens=max_tokens, warmup=warmup, on_result=on_result,
         )
 
-    def _model_not_found(self, model: str) -> ModelNotFound:
-        servers = self.registry.servers(enabled_only=True)
-        known = self.registry.models()
-        if not servers:
-            hint = "no enabled server is registered: add one with `aicortex servers add http://HOST:11434`"
-        else:
-            down = [s for s in servers if s.status == "down"]
-            hint = f"models available: {', '.join(known[:20]) or 'none'}"
-            if down:
-                hint += f"; {len(down)} of {len(servers)} servers are down ({down[0].name}: {down[0].last_error})"
-            hint += "; add a server that has it (`aicortex servers add URL`), pull it there, then `aicortex refresh`"
-        return ModelNotFound(f"no registered server lists model {model!r}: {hint}", model=model)
-
     # -- chat -------------------------------------------------------------------------------
     @overload
-    def chat(self, prompt: Any, *, stream: Literal[False] = False, **kw: Any) -> Reply: ...
+    def chat(
+        self, prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[False] = False, model: str | None = ...,
+        system: str | None = ..., options: Mapping[str, Any] | None = ..., format: str | Mapping[str, Any] | None = ...,
+        think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: Sequence[Mapping[str, Any]] | None = ...,
+        on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
+        servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+    ) -> Reply: ...
     @overload
-    def chat(self, prompt: Any, *, stream: Literal[True], **kw: Any) -> Stream: ...
+    def chat(
+        self, prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[True], model: str | None = ...,
+        system: str | None = ..., options: Mapping[str, Any] | None = ..., format: str | Mapping[str, Any] | None = ...,
+        think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: Sequence[Mapping[str, Any]] | None = ...,
+        on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
+        servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+    ) -> Stream: ...
 
     def chat(
         self,
         prompt: "str | Sequence[Mapping[str, Any]]",
         *,
-        model: str | None = None,
         stream: bool = False,
+        model: str | None = None,
         system: str | None = None,
         options: Mapping[str, Any] | None = None,
         format: str | Mapping[str, Any] | None = None,
@@ -261,127 +420,220 @@ class Client:
         keep_alive: str | float | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_midstream: MidstreamPolicy | None = None,
-        timeout: Timeouts | float | dict | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
         servers: Sequence[str] | None = None,
+        keep_events: bool | None = None,
     ) -> Reply | Stream:
-        """Send a chat to the fleet: the first healthy server with the model answers.
-
-        Args:
-            prompt: a ``str`` (one user message) or a list of Ollama message dicts
-                (``{"role": "user", "content": "..."}``; a trailing assistant message
-                is a prefill the server continues).
-            model: model name (else the client's, else ``AICORTEX_MODEL``).
-            stream: ``True`` returns a :class:`Stream` of events; ``False`` a :class:`Reply`.
-            system: a system prompt, prepended as a system message.
-            options, format, think, keep_alive, tools: passed to Ollama /api/chat as is.
-            on_midstream: overrides the client's mid-stream policy for this request.
-            timeout: overrides the client's :class:`Timeouts` for this request (a dict
-                changes only the fields it names).
-            servers: names or URLs to restrict this request to (e.g. to measure one
-                server); they are tried in routing order, circuit breakers ignored.
-
-        Raises:
-            ConfigError: no model, an empty prompt, a malformed message list.
-            ModelNotFound: no enabled server lists the model.
-            AllServersFailed: every candidate failed (``.attempts``).
-            BadRequest: HTTP 400 from a server (no failover: the request is wrong).
-            DeadlineExceeded: the total deadline ran out.
-            With ``stream=True`` the last three are raised while iterating.
-        """
-        name = _require_model(model or self.model or env_model())
-        policy = on_midstream or self.on_midstream
-        _check_policy(policy)
-        messages = build_messages(prompt, system)
-        timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
+        prep = self._session(
+            prompt, model=model, system=system, options=options, format=format, think=think,
+            keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
+        )
+        name = next(prep)
         route = self.route(name)
         if servers is not None:
             route = self._pinned(route, name, servers)
-        session = ChatSession(
-            model=name,
-            messages=messages,
-            candidates=route.candidates,
-            skipped=route.skipped,
-            timeouts=timeouts,
-            policy=policy,
-            request={"options": options, "format": format, "think": think, "keep_alive": keep_alive, "tools": tools},
-            admit=lambda cand: self._claim_trial(name, cand),
-        )
-        s = Stream(session, self._transport, on_attempt=lambda a: self._record_attempt(name, a, session))
+        session = _finish(prep, route)
+        keep = self.keep_events if keep_events is None else keep_events
+        s = Stream(session, self._transport, self._fleet, keep_events=keep and stream)
         if stream:
             return s
         with s:
             return s.reply()
 
-    def _pinned(self, route: "Route", model: str, servers: Sequence[str]) -> "Route":
-        from ._routing import Route
+    chat.__doc__ = _CHAT_DOC
 
-        urls = {self.registry.get(s).url for s in servers}
-        chosen = [
-            Candidate(server=c.server, warm=c.warm) for c in route.candidates + route.skipped if c.server.url in urls
-        ]
-        if not chosen:
-            raise ModelNotFound(
-                f"none of the servers {', '.join(servers)} lists model {model!r}; "
-                f"`aicortex models {model}` shows which do",
-                model=model,
-            )
-        return Route(candidates=chosen)
 
-    def _claim_trial(self, model: str, cand: Candidate) -> bool:
-        """Claim the one half-open trial of ``cand`` (server-level and model-level).
+class AsyncClient(BaseClient):
+    """A fleet of Ollama servers seen as one, for ``asyncio`` (aiohttp underneath).
 
-        Decided inside one registry write transaction per record, so of several
-        requests or processes routed while the breaker was half-open exactly one gets
-        the trial; the others see it open again and skip the server.
+    The same arguments and methods as :class:`Client`, awaited: ``await chat(...)``,
+    ``await models()``, ``await list_model_servers(m)``, ``await refresh()``,
+    ``await bench(...)``; ``await aclose()`` or ``async with``. Both clients can share one
+    registry (a file, or the same :class:`~aicortex.Registry` object): breakers, EWMA
+    metrics and trials are the same fleet state.
+
+    Streaming, in both forms users know::
+
+        async with client.chat("Hi", model="llama3.2", stream=True) as stream:
+            async for event in stream: ...
+        async for event in await client.chat("Hi", model="llama3.2", stream=True): ...
+
+    The registry is read and written from worker threads, never on the event loop.
+    """
+
+    def _make_transport(self, **kw: Any) -> Any:
+        from ._aio import AsyncTransport
+
+        return AsyncTransport(**kw)
+
+    async def aclose(self) -> None:
+        """Close the HTTP pool, write pending outcomes, close the registry if this client
+        opened it."""
+        import asyncio
+
+        await self._transport.aclose()
+        await asyncio.to_thread(self._close_registry)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def refresh(
+        self,
+        servers: Sequence[str] | None = None,
+        *,
+        max_workers: int = 16,
+        on_result: "Callable[[ProbeResult], None] | None" = None,
+    ) -> "RefreshReport":
+        """Probe servers concurrently with asyncio (at most ``max_workers`` at once) and
+        store what they serve. As :meth:`Client.refresh`."""
+        import asyncio
+
+        from ._discovery import arefresh_registry
+
+        urls = await asyncio.to_thread(_refresh_urls, self.registry, servers)
+        report = await arefresh_registry(
+            self.registry,
+            self._transport,
+            urls,
+            connect_timeout_s=self.timeouts.connect,
+            read_timeout_s=self.probe_timeout_s,
+            max_workers=max_workers,
+            on_result=on_result,
+        )
+        await asyncio.to_thread(self._fleet.reload)
+        return report
+
+    async def _maybe_refresh(self) -> None:
+        if self._stale():
+            try:
+                await self.refresh()
+            except AICortexError as exc:
+                self._fleet._storage_failed("refresh", exc)
+
+    async def models(self) -> list[str]:
+        """As :meth:`Client.models`."""
+        import asyncio
+
+        await self._maybe_refresh()
+        return await asyncio.to_thread(self.registry.models)
+
+    async def route(self, model: str) -> "Route":
+        """As :meth:`Client.route`."""
+        await self._maybe_refresh()
+        return self._route_now(_require_model(model))
+
+    async def list_model_servers(self, model: str) -> list[Server]:
+        """As :meth:`Client.list_model_servers`."""
+        route = await self.route(_require_model(model))
+        return [c.server for c in route.candidates + route.skipped]
+
+    async def bench(self, model: str, runs: int = 5, **kw: Any) -> "list[BenchResult]":
+        """As :meth:`Client.bench` (run in a worker thread with a sync client on the
+        same registry)."""
+        import asyncio
+
+        def run() -> "list[BenchResult]":
+            with Client(self.registry, timeout=self.timeouts) as client:
+                return client.bench(model, runs, **kw)
+
+        return await asyncio.to_thread(run)
+
+    def chat(
+        self,
+        prompt: "str | Sequence[Mapping[str, Any]]",
+        *,
+        stream: bool = False,
+        model: str | None = None,
+        system: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        format: str | Mapping[str, Any] | None = None,
+        think: bool | str | None = None,
+        keep_alive: str | float | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        servers: Sequence[str] | None = None,
+        keep_events: bool | None = None,
+    ) -> "ChatCall":
+        prep = self._session(
+            prompt, model=model, system=system, options=options, format=format, think=think,
+            keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
+        )
+        keep = self.keep_events if keep_events is None else keep_events
+        return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream)
+
+    chat.__doc__ = _CHAT_DOC + """
+        Returns a :class:`ChatCall`: ``await`` it for the :class:`Reply` (or, with
+        ``stream=True``, the :class:`AsyncStream`), or use it as ``async with`` (streams).
         """
-        from ._health import breaker_state, claim_trial
 
-        now = time.time()
-        for scope in ("", model):
-            verdict: list[bool] = []
 
-            def change(h: Any) -> Any:
-                state = breaker_state(h, now)
-                verdict.append(state != "open")
-                return claim_trial(h, now) if state == "half_open" else None
+class ChatCall:
+    """The pending result of :meth:`AsyncClient.chat`: awaitable, and with
+    ``stream=True`` an async context manager that closes the stream on exit."""
 
-            self.registry.update_health(cand.server.url, scope, change)
-            if verdict and not verdict[0]:
-                return False
-        return True
+    def __init__(self, client: AsyncClient, prep: Generator[str, "Route", ChatSession], *, stream: bool, servers: Sequence[str] | None, keep_events: bool) -> None:
+        self._client, self._prep, self._stream, self._servers, self._keep = client, prep, stream, servers, keep_events
+        self._name = next(prep)  # validation errors are raised at the call, as in Client.chat
+        self._open: AsyncStream | None = None
 
-    def _record_attempt(self, model: str, attempt: Attempt, session: ChatSession) -> None:
-        """Fold one finished attempt into the breakers and metrics (shared via the registry)."""
-        from ._failover import RULES, failure_kind
-        from ._health import after_backoff, after_failure, after_success
+    async def _make(self) -> AsyncStream:
+        client = self._client
+        route = await client.route(self._name)
+        if self._servers is not None:
+            import asyncio
 
-        now = time.time()
-        url = attempt.server
-        error = attempt.error
-        if error is None:
-            usage = session.usage
-            server_tps = usage.tokens_per_second if usage else None
-            self.registry.update_health(url, "", lambda h: after_success(h, now) if h.failures or h.open_until else None)
-            self.registry.update_health(
-                url,
-                model,
-                lambda h: after_success(
-                    h, now, ttft_s=attempt.ttft_s, tps=attempt.tokens_per_second, server_tps=server_tps
-                ),
-            )
-            return
-        text = error_reason(error)
-        self.registry.record_error(url, text)
-        scope = RULES.get(failure_kind(error), RULES["server_error"]).scope
-        if scope == "server":
-            self.registry.update_health(url, "", lambda h: after_failure(h, now, text))
-        elif scope == "model":
-            self.registry.update_health(url, model, lambda h: after_failure(h, now, text))
-        elif scope == "backoff":
-            self.registry.update_health(url, "", lambda h: after_backoff(h, now, text))
+            route = await asyncio.to_thread(client._pinned, route, self._name, self._servers)
+        return AsyncStream(_finish(self._prep, route), client._transport, client._fleet, keep_events=self._keep)
 
-    def __repr__(self) -> str:
-        return f"<Client registry={self.registry!r}>"
+    async def _result(self) -> "AsyncStream | Reply":
+        s = await self._make()
+        if self._stream:
+            return s
+        async with s:
+            return await s.reply()
+
+    def __await__(self) -> Generator[Any, None, "AsyncStream | Reply"]:
+        return self._result().__await__()
+
+    async def __aenter__(self) -> AsyncStream:
+        if not self._stream:
+            raise ConfigError("`async with client.chat(...)` is for streams: pass stream=True, or `await` the call")
+        self._open = await self._make()
+        return self._open
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._open is not None:
+            await self._open.aclose()
+
+
+def _finish(prep: Generator[str, "Route", ChatSession], route: "Route") -> ChatSession:
+    try:
+        prep.send(route)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    raise AssertionError("request preparation did not finish")  # pragma: no cover
+
+
+def _refresh_urls(registry: "Registry", servers: Sequence[str] | None) -> list[str]:
+    if servers is None:
+        return [s.url for s in registry.servers(enabled_only=True)]
+    return [registry.get(s).url for s in servers]
+
+
+_refresh_locks: "weakref.WeakKeyDictionary[BaseClient, threading.Lock]" = weakref.WeakKeyDictionary()
+_refresh_locks_guard = threading.Lock()
+
+
+def _refresh_lock(client: BaseClient) -> threading.Lock:
+    with _refresh_locks_guard:
+        lock = _refresh_locks.get(client)
+        if lock is None:
+            lock = _refresh_locks[client] = threading.Lock()
+        return lock
 
 
 def _check_policy(policy: str) -> None:
@@ -399,14 +651,22 @@ def _require_model(model: str | None) -> str:
 
 
 # -- module-level functions on default clients ----------------------------------------------------
-_clients: dict[Any, Client] = {}
+_clients: dict[Any, Client] = {}  # by registry path (None = the default registry)
 _clients_lock = threading.Lock()
 
 
 def _client_for(registry: Any) -> Client:
-    """The shared client for ``registry`` (``None`` = the default registry), built on first use."""
-    key = ("default",) if registry is None else ("obj", id(registry)) if not isinstance(registry, (str, os.PathLike)) else ("path", os.fspath(registry))
+    """The shared client for ``registry`` (``None`` = the default registry), built on
+    first use. The client for a :class:`Registry` *object* is kept on that object, so it
+    lives exactly as long as the registry does."""
     with _clients_lock:
+        if registry is not None and not isinstance(registry, (str, os.PathLike)):
+            client = getattr(registry, "_aicortex_client", None)
+            if client is None:
+                client = Client(registry)
+                registry._aicortex_client = client
+            return client  # type: ignore[no-any-return]
+        key = os.fspath(registry) if registry is not None else None
         client = _clients.get(key)
         if client is None:
             if not _clients:

@@ -62,7 +62,7 @@ class Timeouts:
     def __post_init__(self) -> None:
         for name in ("connect", "first_token", "first_token_cold", "stall", "deadline"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise ConfigError(
                     f"timeout {name}={value!r} must be a positive number of seconds or None"
                 )
@@ -70,7 +70,8 @@ class Timeouts:
     @classmethod
     def of(cls, value: "Timeouts | float | None | dict", base: "Timeouts | None" = None) -> "Timeouts":
         """Coerce a number (all per-attempt limits), a dict of fields (applied over
-        ``base``, default ``Timeouts()``), or a Timeouts."""
+        ``base``, default ``Timeouts()``), or a Timeouts. A number keeps ``base``'s
+        deadline (``chat(timeout=5)`` on a client with a deadline keeps that deadline)."""
         if isinstance(value, Timeouts):
             return value
         if isinstance(value, dict):
@@ -80,7 +81,8 @@ class Timeouts:
                 raise ConfigError(f"unknown timeout in {value!r}: {exc}") from exc
         if value is None:
             return cls(None, None, None, None, None)
-        return cls(value, value, value, value, None)
+        # A number sets every per-attempt limit; the total deadline stays base's.
+        return cls(value, value, value, value, base.deadline if base is not None else None)
 
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9._~%-]+$")

@@ -1,7 +1,9 @@
 """Fleet discovery: probe servers (Ollama /api/version, /api/tags, /api/ps) into the registry.
 
-Probes run concurrently in a bounded thread pool (they only wait on the network); the
-results are written to the registry from the calling thread. A server that fails is
+The sync client probes concurrently in a bounded thread pool (they only wait on the
+network); the async client with asyncio tasks, at most ``max_workers`` at once. The
+results are written to the registry by one function, :func:`store_result` (the async
+client calls it from a worker thread, off the event loop). A server that fails is
 marked ``down`` with its error and keeps its model list: it is never deleted. A probe
 also drives the server-level circuit breaker: a failure trips it, a success closes it.
 """
@@ -10,8 +12,8 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Generator, Sequence
 
 from ._exceptions import HTTPStatusError, ServerError
 from ._health import after_probe
@@ -19,10 +21,11 @@ from ._models import ModelEntry
 from ._protocol import parse_ps, parse_tags, parse_version
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._aio import AsyncTransport
     from ._registry import Registry
     from ._transport import Transport
 
-__all__ = ["ProbeResult", "RefreshReport", "probe", "refresh_registry"]
+__all__ = ["ProbeResult", "RefreshReport", "probe", "aprobe", "store_result", "refresh_registry", "arefresh_registry"]
 
 
 @dataclass(frozen=True)
@@ -72,23 +75,104 @@ class RefreshReport:
         return sorted({m.name for r in self.results for m in r.models})
 
 
+def _probe_steps() -> Generator[str, bytes | ServerError, ProbeResult]:
+    """The probe of one server as a flow: yields the paths to GET (``/api/version``,
+    ``/api/tags``, ``/api/ps``) and receives each reply's bytes or its ``ServerError``;
+    returns the :class:`ProbeResult` (``url`` is filled in by the driver)."""
+    t0 = time.perf_counter()
+    try:
+        reply = yield "/api/version"
+        if isinstance(reply, ServerError):
+            raise reply
+        version = parse_version(reply)
+        latency = time.perf_counter() - t0
+        reply = yield "/api/tags"
+        if isinstance(reply, ServerError):
+            raise reply
+        models = parse_tags(reply)
+    except ServerError as exc:
+        return ProbeResult(url="", ok=False, error=exc.reason)
+    reply = yield "/api/ps"
+    loaded: list[str] = []
+    if isinstance(reply, HTTPStatusError):
+        pass  # an old server or a proxy without /api/ps: no warm-model data
+    elif isinstance(reply, ServerError):
+        return ProbeResult(url="", ok=False, error=f"/api/ps: {reply.reason}")
+    else:
+        try:
+            loaded = parse_ps(reply)
+        except ServerError as exc:
+            return ProbeResult(url="", ok=False, error=f"/api/ps: {exc.reason}")
+    return ProbeResult(url="", ok=True, version=version, models=tuple(models), loaded=tuple(loaded), latency_s=latency)
+
+
 def probe(transport: "Transport", url: str, *, connect_timeout_s: float | None, read_timeout_s: float | None) -> ProbeResult:
     """Probe one server: GET /api/version, /api/tags, then /api/ps. Never raises."""
-    kw = {"connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s}
+    steps = _probe_steps()
+    reply: bytes | ServerError | None = None
     try:
-        t0 = time.perf_counter()
-        version = parse_version(transport.get(url, "/api/version", **kw), server=url)
-        latency = time.perf_counter() - t0
-        models = parse_tags(transport.get(url, "/api/tags", **kw), server=url)
-    except ServerError as exc:
-        return ProbeResult(url=url, ok=False, error=exc.reason)
+        while True:
+            path = steps.send(reply)  # type: ignore[arg-type]
+            try:
+                reply = transport.get(url, path, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
+            except ServerError as exc:
+                reply = exc
+    except StopIteration as stop:
+        return replace(stop.value, url=url)
+
+
+async def aprobe(transport: "AsyncTransport", url: str, *, connect_timeout_s: float | None, read_timeout_s: float | None) -> ProbeResult:
+    """:func:`probe` with asyncio."""
+    steps = _probe_steps()
+    reply: bytes | ServerError | None = None
     try:
-        loaded = parse_ps(transport.get(url, "/api/ps", **kw), server=url)
-    except HTTPStatusError:
-        loaded = []  # an old server or a proxy without /api/ps: no warm-model data
-    except ServerError as exc:
-        return ProbeResult(url=url, ok=False, error=f"/api/ps: {exc.reason}")
-    return ProbeResult(url=url, ok=True, version=version, models=tuple(models), loaded=tuple(loaded), latency_s=latency)
+        while True:
+            path = steps.send(reply)  # type: ignore[arg-type]
+            try:
+                reply = await transport.request_json(url, "GET", path, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
+            except ServerError as exc:
+                reply = exc
+    except StopIteration as stop:
+        return replace(stop.value, url=url)
+
+
+def store_result(registry: "Registry", r: ProbeResult) -> None:
+    """Store one probe result and drive the server-level breaker (a failure trips it, a
+    success closes it)."""
+    registry.record_refresh(
+        r.url, version=r.version, models=r.models, loaded=r.loaded, latency_s=r.latency_s, error=r.error
+    )
+    now = time.time()
+    registry.update_health(r.url, "", lambda h: after_probe(h, now, r.error))
+
+
+async def arefresh_registry(
+    registry: "Registry",
+    transport: "AsyncTransport",
+    urls: Sequence[str],
+    *,
+    connect_timeout_s: float | None,
+    read_timeout_s: float | None,
+    max_workers: int = 16,
+    on_result: Callable[[ProbeResult], None] | None = None,
+) -> RefreshReport:
+    """:func:`refresh_registry` with asyncio: at most ``max_workers`` probes at once; each
+    result is stored from a worker thread as it arrives."""
+    import asyncio
+
+    t0 = time.perf_counter()
+    gate = asyncio.Semaphore(max(1, max_workers))
+
+    async def one(url: str) -> ProbeResult:
+        async with gate:
+            r = await aprobe(transport, url, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
+        await asyncio.to_thread(store_result, registry, r)
+        if on_result is not None:
+            on_result(r)
+        return r
+
+    results = await asyncio.gather(*(one(u) for u in urls))
+    return RefreshReport(results=tuple(results), elapsed_s=time.perf_counter() - t0)
 
 
 def refresh_registry(
@@ -118,11 +202,7 @@ def refresh_registry(
             }
             for fut in as_completed(futures):
                 r = fut.result()
-                registry.record_refresh(
-                    r.url, version=r.version, models=r.models, loaded=r.loaded, latency_s=r.latency_s, error=r.error
-                )
-                now = time.time()
-                registry.update_health(r.url, "", lambda h: after_probe(h, now, r.error))
+                store_result(registry, r)
                 results.append(r)
                 if on_result is not None:
                     on_result(r)

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -35,6 +35,10 @@ from ._exceptions import ConfigError, RegistryError
 from ._health import Health
 from ._models import ModelEntry, Server
 from ._protocol import model_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._health import Outcome
+    from ._store import Snapshot
 
 __all__ = ["Registry", "MIGRATIONS", "BUSY_TIMEOUT_S"]
 
@@ -157,6 +161,9 @@ class Registry:
 
     def __init__(self, path: str | os.PathLike[str] | sqlite_utils.Database | None = None, *, seed: bool = True) -> None:
         self._lock = threading.RLock()
+        #: Write transactions committed through this object (the fleet view reloads
+        #: when it changes; other processes' writes show in :meth:`data_version`).
+        self.write_count = 0
         if isinstance(path, sqlite_utils.Database):
             self.path: Path | None = None
             self.db = path
@@ -313,6 +320,7 @@ class Registry:
                 raise
             else:
                 conn.execute("COMMIT")
+                self.write_count += 1
 
     # -- public API -------------------------------------------------------------------------
     def add(self, url: str, *, name: str | None = None, priority: int = 0, enabled: bool = True) -> Server:
@@ -573,6 +581,95 @@ class Registry:
                 [model_key(model)],
             )
             return {r.pop("url"): r for r in rows}
+
+    # -- the store interface of the in-memory fleet view (see aicortex._store) ----------------
+    def snapshot(self) -> "Snapshot":
+        """Everything routing reads, in one read: enabled servers with their model
+        entries, every health record, and when the fleet was last refreshed."""
+        from ._store import Snapshot
+
+        with self._wrap():
+            rows = list(self.db.query("select * from servers order by priority desc, id"))
+            models: dict[int, list[dict[str, Any]]] = {}
+            for m in self.db.query("select * from models order by name"):
+                models.setdefault(m["server_id"], []).append(m)
+            servers = [self._server(r, models.get(r["id"], [])) for r in rows]
+            entries: dict[str, list[tuple[Server, ModelEntry]]] = {}
+            for r, server in zip(rows, servers):
+                if not server.enabled:
+                    continue
+                for m in models.get(r["id"], []):
+                    entry = ModelEntry(
+                        name=m["name"],
+                        digest=m["digest"] or "",
+                        size=m["size"] or 0,
+                        details=json.loads(m["details"] or "{}"),
+                        modified_at=m["modified_at"] or "",
+                        loaded=bool(m["loaded"]),
+                    )
+                    entries.setdefault(m["key"], []).append((server, entry))
+            urls = {r["id"]: r["url"] for r in rows}
+            fields = [f.name for f in dataclasses.fields(Health)]
+            health = {
+                (urls[h["server_id"]], h["model"]): Health(**{f: h[f] for f in fields})
+                for h in self.db.query("select * from health")
+                if h["server_id"] in urls
+            }
+            last = self._meta("last_refresh_at")
+            return Snapshot(
+                servers=tuple(servers),
+                entries=entries,
+                health=health,
+                last_refresh_at=float(last) if last is not None else None,
+            )
+
+    def data_version(self) -> int:
+        """A number that changes whenever the registry changed: SQLite's ``PRAGMA
+        data_version`` (another connection committed) combined with :attr:`write_count`."""
+        with self._wrap():
+            return (int(self.db.execute("PRAGMA data_version").fetchone()[0]) << 32) + self.write_count
+
+    def apply_outcomes(self, outcomes: Sequence["Outcome"]) -> None:
+        """Fold a batch of outcomes into the health records, in one write transaction
+        (read-modify-write, so updates of other processes are never lost), and remember
+        the last error of each server that failed."""
+        from ._health import outcome_changes
+
+        if not outcomes:
+            return
+        with self._wrap(write=True):
+            ids = {r["url"]: r["id"] for r in self.db.query("select id, url from servers")}
+            for o in outcomes:
+                sid = ids.get(o.server)
+                if sid is None:  # removed meanwhile: nothing to record
+                    continue
+                for record, change in outcome_changes(o):
+                    new = change(self._health_of(sid, record))
+                    if new is not None:
+                        self.db["health"].upsert(
+                            {"server_id": sid, "model": record, **dataclasses.asdict(new)}, pk=("server_id", "model")
+                        )
+                if o.error is not None and o.kind in ("failure", "backoff"):
+                    self.db["servers"].update(sid, {"last_error": o.error, "updated_at": o.at})
+
+    def claim_trial(self, url: str, model: str, now: float) -> bool:
+        """Claim the half-open trial of ``url`` for ``model`` across processes (one write
+        transaction): ``False`` when another request or process holds it or a breaker is
+        open. See :func:`aicortex._health.try_claim`."""
+        from ._health import try_claim
+
+        key = model_key(model) if model else ""
+        with self._wrap(write=True):
+            row = self._find(url)
+            if row is None:
+                return False
+            ok, (srv, mod) = try_claim((self._health_of(row["id"], ""), self._health_of(row["id"], key)), now)
+            for record, new in (("", srv), (key, mod)):
+                if new is not None:
+                    self.db["health"].upsert(
+                        {"server_id": row["id"], "model": record, **dataclasses.asdict(new)}, pk=("server_id", "model")
+                    )
+            return ok
 
     def close(self) -> None:
         """Close the database connection."""

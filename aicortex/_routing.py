@@ -8,10 +8,12 @@ Only enabled servers that list the model (Ollama /api/tags) are candidates. Amon
    without trying;
 2. warm first: the model is loaded there (Ollama /api/ps at the last refresh);
 3. higher ``priority``;
-4. lower measured EWMA TTFT for this (server, model); servers never measured come
-   first, in registration order, so a new server gets tried;
-5. a little randomness among equals (EWMA TTFT within the same ~25 % band) spreads
-   load when an ``rng`` is given.
+4. fewer requests in flight (least outstanding requests): this process's count, so
+   concurrent streams spread evenly over equal servers;
+5. lower measured EWMA TTFT for this (server, model); servers never measured come
+   first, so a new server gets tried;
+6. servers never measured in registration order; a little randomness among measured
+   equals (EWMA TTFT within the same ~25 % band) when an ``rng`` is given.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def order_candidates(
     *,
     now: float = 0.0,
     rng: random.Random | None = None,
+    inflight: Mapping[str, int] | None = None,
 ) -> Route:
     """Order ``(server, model entry)`` pairs into a :class:`Route`.
 
@@ -65,8 +68,10 @@ def order_candidates(
         health: ``{url: (server health, model health)}`` from the registry.
         now: Unix seconds, to tell open breakers from expired cooldowns.
         rng: when given, shuffles servers whose EWMA TTFT fall in the same band.
+        inflight: ``{url: requests in flight}``; fewer first among equals.
     """
     health = health or {}
+    inflight = inflight or {}
     usable: list[tuple[tuple, Candidate]] = []
     skipped: list[tuple[float, Candidate]] = []
     for idx, (server, entry) in enumerate(entries):
@@ -77,12 +82,11 @@ def order_candidates(
             skipped.append((until, cand))
             continue
         ttft = pair[1].ewma_ttft_s if pair else None
-        if ttft is None or ttft <= 0:
-            speed: tuple = (0, idx)
+        if ttft is None or ttft <= 0 or ttft != ttft:
+            speed: tuple = (0, 0, idx)
         else:
-            band = math.floor(math.log(ttft) / math.log(TTFT_BAND))
-            speed = (1, band, rng.random() if rng else idx)
-        usable.append(((not entry.loaded, -server.priority, speed), cand))
+            speed = (1, math.floor(math.log(ttft) / math.log(TTFT_BAND)), rng.random() if rng else idx)
+        usable.append(((not entry.loaded, -server.priority, inflight.get(server.url, 0), speed), cand))
     usable.sort(key=lambda item: item[0])
     skipped.sort(key=lambda item: item[0])
     candidates = [c for _, c in usable]

@@ -1,28 +1,12 @@
-"""The failover engine for one chat request, sans-IO.
+"""The failover engine for one chat request, sans-IO: the state of one request.
 
-:class:`ChatSession` is a state machine: the driver (``_stream.Stream`` today, an async
-stream later) asks it for the next attempt, opens the HTTP stream the plan describes,
-feeds it the bytes, reports transport errors, and yields the events it returns. All
-decisions (failover table, continuation, token numbering, TTFT, tokens/s) live here, so
-the sync and async drivers are a few lines each (design rule 2).
+:class:`ChatSession` holds everything one request decides: the candidates, the failover
+table, continuation, token numbering, TTFT, tokens/s. It does no I/O and calls no storage.
+The request flow (``_flow.chat_flow``), one generator, steps it and yields the effects
+(open, read, close, admit, record) that the sync and async drivers perform.
 
-Driver loop::
-
-    yield from session.start()
-    while True:
-        plan, events = session.next_attempt(); yield from events
-        if plan is None: raise session.fatal
-        try:
-            for data in transport.stream(plan):
-                yield from session.receive(data)
-                if session.attempt_done: break
-            else:
-                yield from session.receive_eof()
-        except ServerError as exc:
-            session.transport_failed(exc)
-        yield from session.end_attempt()
-        if session.fatal: raise session.fatal
-        if session.complete: return
+Times: limits are measured on ``time.monotonic`` (the clock asyncio's loop uses), so a
+driver can turn an absolute limit into a socket timeout or ``asyncio.timeout_at``.
 """
 
 from __future__ import annotations
@@ -37,19 +21,25 @@ from ._exceptions import (
     DeadlineExceeded,
     FirstTokenTimeout,
     IncompleteStream,
+    StallTimeout,
     OllamaError,
     ServerError,
     error_reason,
 )
 from ._failover import Decision, MidstreamPolicy, decide
+from ._health import Outcome
 from ._models import Attempt, Server, StreamEvent, Usage, token_event
-from ._protocol import NDJSONDecoder, build_chat_body, continuation_messages, iter_tool_calls, parse_chunk
+from ._protocol import NDJSONDecoder, build_chat_body, continuation_messages, iter_tool_calls, model_key, parse_chunk
 
-__all__ = ["Candidate", "AttemptPlan", "ChatSession", "MIN_CONTINUE_CHARS"]
+__all__ = ["Candidate", "AttemptPlan", "ChatSession", "MIN_CONTINUE_CHARS", "CONSUMER_BOUND_SHARE"]
 
 #: A partial reply shorter than this (characters) is restarted, not continued: too short
 #: to tell a continuation from a server that ignored the prefill and started over.
 MIN_CONTINUE_CHARS = 8
+#: When the consumer held the stream for more than this share of an attempt, the
+#: client-measured tokens/s is the consumer's pace, not the server's: it is not fed to
+#: routing's EWMA, and the reply reports the server-reported figure instead.
+CONSUMER_BOUND_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -60,7 +50,7 @@ class Candidate:
         server: the server.
         warm: the model is loaded there (Ollama /api/ps).
         state: its breaker: ``"closed"``, ``"half_open"`` (this would be its one trial,
-            which must be claimed through ``admit``), ``"open"`` (in cooldown, skipped)
+            which the flow claims with an ``Admit`` effect), ``"open"`` (in cooldown, skipped)
             or ``"forced"`` (in cooldown, but tried because every candidate is).
     """
 
@@ -81,6 +71,7 @@ class AttemptPlan:
         connect_timeout_s, first_token_timeout_s, stall_timeout_s: limits in seconds
             (``None`` = none), already capped by what is left of the deadline.
         warm: the model was listed by the server's /api/ps.
+        trial: this attempt holds the server's half-open trial.
     """
 
     server: str
@@ -91,6 +82,7 @@ class AttemptPlan:
     first_token_timeout_s: float | None
     stall_timeout_s: float | None
     warm: bool
+    trial: bool = False
 
 
 def _min(*values: float | None) -> float | None:
@@ -109,12 +101,11 @@ class ChatSession:
         policy: what to do after a failure once output was emitted.
         request: extra body fields: options, format, think, keep_alive, tools.
         skipped: servers left out because their breaker is open (named in errors).
-        admit: called before a ``"half_open"`` candidate is tried; ``False`` skips it
-            (another request or process holds its one trial).
-        clock: monotonic seconds (``time.perf_counter``); ``wall``: Unix seconds.
+        clock: monotonic seconds (``time.monotonic``); ``wall``: Unix seconds.
 
     After the run: ``text``, ``thinking``, ``tool_calls``, ``usage``, ``server``,
-    ``attempts``, ``ttft_s``, ``tokens_per_second``, ``complete``, ``fatal``.
+    ``attempts``, ``ttft_s``, ``tokens_per_second``, ``complete``, ``fatal``,
+    ``closed_early`` (the caller stopped before the end).
     """
 
     def __init__(
@@ -126,9 +117,8 @@ class ChatSession:
         timeouts: Any,
         policy: MidstreamPolicy = "continue",
         request: Mapping[str, Any] | None = None,
-        admit: Callable[[Candidate], bool] | None = None,
         skipped: Sequence[Candidate] = (),
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.model = model
@@ -137,7 +127,6 @@ class ChatSession:
         self.timeouts = timeouts
         self.policy = policy
         self.request = dict(request or {})
-        self._admit = admit
         self.skipped = list(skipped)
         self._clock = clock
         self._wall = wall
@@ -153,6 +142,7 @@ class ChatSession:
         self._now_wall = 0.0  # Unix time of the bytes being handled (one reading per read)
         # Request-wide state.
         self._started: float | None = None
+        self._sent: float | None = None
         self._first_output: float | None = None
         self._next_candidate = 0
         self._attempts: list[Attempt] = []
@@ -163,6 +153,14 @@ class ChatSession:
         self.usage: Usage | None = None
         self.server: str | None = None
         self.last_decision: Decision | None = None
+        self.closed_early = False
+        #: Seconds the consumer held the stream (between handing out events and asking
+        #: for more), added up by the driver; ``_consumer_mark`` is its value when the
+        #: current attempt began.
+        self.consumer_s = 0.0
+        self._consumer_mark = 0.0
+        self.outcome: Outcome | None = None  # what the last finished attempt means for health
+        self._model_key = model_key(model)
         # Current attempt.
         self._plan: AttemptPlan | None = None
         self._decoder: NDJSONDecoder | None = None
@@ -174,10 +172,18 @@ class ChatSession:
         self._attempt_tok_last = 0.0
         self._attempt_error: AICortexError | None = None
         self._done = False
-        # Continuation de-duplication: a server that ignores the prefill and starts the
-        # reply over would repeat the prefix; hold back what matches it.
+        self._until: float | None = None  # the current attempt's hard limit (first token, deadline)
+        # Continuation de-duplication: a server known to ignore the prefill and start the
+        # reply over repeats the prefix; hold back what matches it (only there).
         self._prefix = ""
         self._held: list[str] = []
+        self._prefill_known: bool | None = None
+        self._kept = ""  # the kept text of a continuation until its first content arrives
+        #: What this request learned about the current server's prefill handling
+        #: (``True``: it continued), for the flow to remember; ``None``: nothing.
+        self.learned_prefill: bool | None = None
+        self._trial_held_elsewhere: list[Candidate] = []
+        self._deadline_until: float | None = None
 
     # -- results ---------------------------------------------------------------------------
     @property
@@ -212,15 +218,30 @@ class ChatSession:
 
     @property
     def ttft_s(self) -> float | None:
-        """Seconds from ``start()`` to the first token or thinking chunk (includes failovers)."""
-        if self._first_output is None or self._started is None:
+        """Seconds from sending the request (the first attempt) to the first token or
+        thinking chunk, failovers included; the consumer's work on ``start`` is not counted."""
+        if self._first_output is None or self._sent is None:
             return None
-        return self._first_output - self._started
+        return self._first_output - self._sent
+
+    @property
+    def consumer_bound(self) -> bool:
+        """The consumer, not the server, set the pace: it held the stream for more than
+        ``CONSUMER_BOUND_SHARE`` of the time since the request was sent."""
+        if self._sent is None:
+            return False
+        elapsed = (self._tok_last or self._clock()) - self._sent
+        return elapsed > 0 and self.consumer_s > CONSUMER_BOUND_SHARE * elapsed
 
     @property
     def tokens_per_second(self) -> float | None:
-        """Client-measured tokens/s of the reply: tokens after the first / seconds since it."""
-        return _rate(self._tok_count, self._tok_first, self._tok_last)
+        """Tokens/s of the reply: client-measured (tokens after the first / seconds since
+        it); when the consumer was slower than the server (:attr:`consumer_bound`), the
+        server-reported ``eval_count / eval_duration`` instead, if the server gave it."""
+        client = _rate(self._tok_count, self._tok_first, self._tok_last)
+        if self.consumer_bound and self.usage is not None and self.usage.tokens_per_second is not None:
+            return self.usage.tokens_per_second
+        return client
 
     def message(self) -> dict[str, Any]:
         """The assistant message as Ollama shapes it (content, thinking?, tool_calls?)."""
@@ -256,25 +277,43 @@ class ChatSession:
             return None
         return deadline - (self._clock() - self._started)
 
-    def next_attempt(self) -> tuple[AttemptPlan | None, list[StreamEvent]]:
-        """The next attempt's plan and the events announcing it.
-
-        Returns ``(None, [])`` and sets :attr:`fatal` (``AllServersFailed`` or
-        ``DeadlineExceeded``) when no attempt is left.
-        """
+    def next_candidate(self) -> Candidate | None:
+        """The next server to try, or ``None`` (then :attr:`fatal` says why: every
+        candidate failed, or the deadline ran out). A ``"half_open"`` candidate must be
+        admitted first (another request may hold its trial): :meth:`skip` it if not."""
         remaining = self._remaining()
         if remaining is not None and remaining <= 0:
             self.fatal = self._deadline_error()
-            return None, []
-        while True:
-            if self._next_candidate >= len(self.candidates):
-                self.fatal = self._all_failed()
-                return None, []
-            cand = self.candidates[self._next_candidate]
-            self._next_candidate += 1
-            if cand.state != "half_open" or self._admit is None or self._admit(cand):
-                break
-            self.skipped.append(cand)  # another request holds its half-open trial
+            return None
+        if self._next_candidate >= len(self.candidates):
+            self.fatal = self._all_failed()
+            return None
+        cand = self.candidates[self._next_candidate]
+        self._next_candidate += 1
+        return cand
+
+    def skip(self, cand: Candidate) -> None:
+        """``cand`` was not admitted: another request or process holds its half-open trial."""
+        self.skipped.append(cand)
+        self._trial_held_elsewhere.append(cand)
+
+    @property
+    def needs_prefill_knowledge(self) -> bool:
+        """The next attempt continues a partial reply: the flow asks whether its server
+        honours a prefill before planning it (see :meth:`plan_attempt`)."""
+        return self._resume == "continue"
+
+    def plan_attempt(self, cand: Candidate, *, prefill: bool | None = None, trial: bool = False) -> tuple[AttemptPlan, list[StreamEvent]]:
+        """The plan of the attempt on ``cand`` and the events announcing it.
+
+        ``prefill``: whether (server, model) is known to continue a trailing assistant
+        message (``False``: known to start the reply over; then a repeat of the kept text
+        is dropped; ``None``: unknown, nothing is dropped). ``trial``: it holds the
+        server's half-open trial.
+        """
+        remaining = self._remaining()
+        if self._sent is None:
+            self._sent = self._clock()
         previous = self._plan
         mode = self._resume
         messages = self.messages
@@ -292,11 +331,18 @@ class ChatSession:
             first_token_timeout_s=_min(first, remaining),
             stall_timeout_s=_min(t.stall, remaining),
             warm=cand.warm,
+            trial=trial,
         )
         self._plan = plan
+        self._prefill_known = prefill
         self._decoder = NDJSONDecoder(server=plan.server)
         self._attempt_started = self._clock()
         self._attempt_wall = self._wall()
+        self._consumer_mark = self.consumer_s
+        first_until = None if first is None else self._attempt_started + first
+        deadline_until = None if remaining is None else self._attempt_started + remaining
+        self._until = _min(first_until, deadline_until)
+        self._deadline_until = deadline_until
         self._attempt_first = None
         self._attempt_tokens = 0
         self._attempt_tok_first = self._attempt_tok_last = 0.0
@@ -321,8 +367,42 @@ class ChatSession:
                 self._index = 0
                 self._tok_count = 0
                 self._emitted = False
-            self._prefix = self.text if mode == "continue" else ""
+            self._prefix = self.text if mode == "continue" and prefill is False else ""
+        self._kept = self.text if mode == "continue" else ""
         return plan, events
+
+    # -- limits ------------------------------------------------------------------------------
+    def read_limits(self) -> tuple[float | None, float | None]:
+        """``(until, stall_s)`` for the next read of the current attempt.
+
+        ``until``: absolute ``time.monotonic`` seconds by which the read must return (the
+        first-token limit while no output came, and the deadline), or ``None``.
+        ``stall_s``: the longest silence allowed for this read once output flows, or
+        ``None`` (before the first output the first-token limit applies instead).
+        """
+        if self._attempt_first is None:
+            return self._until, None
+        return self._deadline_until, self._plan.stall_timeout_s if self._plan else None
+
+    def timed_out(self) -> None:
+        """The read of the current attempt did not return within :meth:`read_limits`."""
+        if self.attempt_done:
+            return
+        plan = self._plan
+        assert plan is not None
+        now = self._clock()
+        if self._deadline_until is not None and now >= self._deadline_until - 1e-3:
+            self._attempt_error = self._deadline_error(what=f"while waiting on {plan.server}")
+        elif self._attempt_first is None:
+            limit = plan.first_token_timeout_s
+            self._attempt_error = FirstTokenTimeout(
+                f"no first token within the first-token timeout of {limit:g} s", server=plan.server, timeout_s=limit
+            )
+        else:
+            limit = plan.stall_timeout_s
+            self._attempt_error = StallTimeout(
+                f"stalled: no bytes for the stall timeout of {limit:g} s", server=plan.server, timeout_s=limit
+            )
 
     def receive(self, data: bytes) -> list[StreamEvent]:
         """Feed response bytes of the current attempt; return the events they complete.
@@ -339,13 +419,9 @@ class ChatSession:
             self._attempt_error = exc
             return []
         events = self._handle(chunks)
-        remaining = self._remaining()
-        if remaining is not None and remaining <= 0 and not self.attempt_done:
+        if self._deadline_until is not None and not self.attempt_done and self._clock() >= self._deadline_until:
             server = self._plan.server if self._plan else ""
-            self._attempt_error = DeadlineExceeded(
-                f"deadline of {self.timeouts.deadline:g} s exceeded while {server} was still sending the reply",
-                deadline_s=self.timeouts.deadline,
-            )
+            self._attempt_error = self._deadline_error(what=f"while {server} was still sending the reply")
         return events
 
     def receive_eof(self) -> list[StreamEvent]:
@@ -441,6 +517,12 @@ class ChatSession:
             self._first_output = now
 
     def _emit_content(self, content: str, now: float, events: list[StreamEvent]) -> None:
+        if self._kept:
+            # The first content of a continuation: if it does not spell the kept text
+            # from its start, the server continued (evidence, remembered per server).
+            kept, self._kept = self._kept, ""
+            if self._prefill_known is None and not kept.startswith(content) and not content.startswith(kept):
+                self.learned_prefill = True
         if not self._prefix:
             self._emit_token(content, now, events)
             return
@@ -512,6 +594,10 @@ class ChatSession:
             mode=plan.mode,
         )
         self._attempts.append(attempt)
+        held = self.consumer_s - self._consumer_mark
+        self.outcome = _outcome(
+            self._model_key, attempt, plan, self.usage, consumer_bound=held > CONSUMER_BOUND_SHARE * attempt.elapsed_s
+        )
         if error is None:
             self.complete = True
             self.server = plan.server
@@ -544,7 +630,28 @@ class ChatSession:
         self._resume = decision.resume
         return events
 
+    def abandon(self) -> Outcome | None:
+        """The caller closed the stream before the end: mark the reply as incomplete and,
+        if the attempt in flight held a half-open trial, the outcome that gives it back
+        (stopping to read is no penalty)."""
+        if self.complete or self.fatal is not None:
+            return None
+        self.closed_early = True
+        plan = self._plan
+        if plan is None or not plan.trial or (self._attempts and self._attempts[-1].number == plan.number):
+            return None
+        return Outcome(server=plan.server, model=self._model_key, kind="release", at=self._wall(), trial=True)
+
     def _all_failed(self) -> AllServersFailed:
+        if not self._attempts and self._trial_held_elsewhere:
+            held = ", ".join(c.server.url for c in self._trial_held_elsewhere)
+            return AllServersFailed(
+                f"no server could be tried for model {self.model!r}: every candidate's circuit breaker is "
+                f"half-open and its one trial is held by another request or process ({held}); "
+                "try again in a moment",
+                model=self.model,
+                attempts=self._attempts,
+            )
         reasons = "; ".join(f"{a.server}: {error_reason(a.error)}" for a in self._attempts) or "no candidate servers"
         if self.skipped:
             reasons += "; skipped (circuit breaker open, in cooldown): " + ", ".join(c.server.url for c in self.skipped)
@@ -554,9 +661,19 @@ class ChatSession:
             attempts=self._attempts,
         )
 
-    def _deadline_error(self, cause: DeadlineExceeded | None = None) -> DeadlineExceeded:
+    def _deadline_error(self, cause: DeadlineExceeded | None = None, what: str = "") -> DeadlineExceeded:
+        """The deadline ran out. When the consumer held the stream for most of the time
+        since the current attempt began, the message says so instead of blaming the server."""
         deadline = self.timeouts.deadline
-        msg = str(cause) if cause else f"deadline of {deadline:g} s exceeded after {len(self._attempts)} attempts"
+        if cause is not None:
+            return DeadlineExceeded(str(cause), deadline_s=deadline, attempts=self._attempts)
+        held = self.consumer_s - self._consumer_mark
+        if self._plan is not None and held > 0.5 * max(1e-9, self._clock() - self._attempt_started):
+            msg = f"deadline of {deadline:g} s exceeded; the caller held the stream for {held:.2f} s of it"
+        elif what:
+            msg = f"deadline of {deadline:g} s exceeded {what}"
+        else:
+            msg = f"deadline of {deadline:g} s exceeded after {len(self._attempts)} attempts"
         return DeadlineExceeded(msg, deadline_s=deadline, attempts=self._attempts)
 
 
@@ -570,3 +687,43 @@ def _rate(tokens: int, first: float, last: float) -> float | None:
 def format_allows_continue(fmt: Any) -> bool:
     """Structured output (``format=``) is never continued: a prefix may not re-parse."""
     return fmt is None or fmt == ""
+
+
+#: Longest error text kept in health records and the registry (a server may echo a lot).
+MAX_ERROR_CHARS = 300
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "\u2026"
+
+
+def _outcome(model: str, attempt: Attempt, plan: AttemptPlan, usage: Usage | None, *, consumer_bound: bool) -> Outcome:
+    """What a finished attempt means for health, per the failover table's breaker scope."""
+    from ._failover import RULES, failure_kind
+
+    at = attempt.started_at + attempt.elapsed_s
+    error = attempt.error
+    if error is None:
+        return Outcome(
+            server=attempt.server,
+            model=model,
+            kind="success",
+            at=at,
+            started_at=attempt.started_at,
+            ttft_s=attempt.ttft_s,
+            tps=None if consumer_bound else attempt.tokens_per_second,
+            server_tps=usage.tokens_per_second if usage else None,
+            trial=plan.trial,
+        )
+    scope = RULES.get(failure_kind(error), RULES["server_error"]).scope
+    kind = {"server": "failure", "model": "failure", "backoff": "backoff"}.get(scope, "none")
+    return Outcome(
+        server=attempt.server,
+        model=model,
+        kind=kind,
+        scope=scope,
+        at=at,
+        started_at=attempt.started_at,
+        error=_short(error_reason(error)),
+        trial=plan.trial,
+    )

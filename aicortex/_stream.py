@@ -1,120 +1,177 @@
-"""``Stream``: the synchronous driver of a :class:`~aicortex._session.ChatSession`.
+"""``Stream`` and ``AsyncStream``: the two thin drivers of the request flow (``_flow``).
 
-A closeable iterator of :class:`~aicortex.StreamEvent` (design rule 6): leaving a
-``with`` block, breaking out of a ``for`` loop and then dropping the stream, calling
-``close()``, or garbage collection all close the HTTP connection of the attempt in flight.
+Both are closeable iterators of :class:`~aicortex.StreamEvent` (design rule 6) with one
+shared base for their results. The drivers, :func:`_drive_sync` and :func:`_drive_async`,
+only perform the flow's effects (open, read, close, admit, record...); every decision is
+the flow's. Leaving a ``with`` block, breaking out of a ``for`` loop, ``close()`` /
+``aclose()``, cancelling the task, or garbage collection closes the HTTP connection of the
+attempt in flight, and the server sees the disconnect.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping
 
-from ._exceptions import ServerError
+from ._exceptions import IncompleteStream, ServerError
+from ._flow import Admit, Close, KnownPrefill, Learn, Open, Read, Record, Show, chat_flow
 from ._models import Attempt, Reply, StreamEvent, Usage
 from ._session import ChatSession
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._aio import AsyncTransport
+    from ._fleet import FleetView
     from ._transport import Transport
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "AsyncStream", "SHOW_TIMEOUT_S"]
+
+#: Time limit (seconds) of the ``/api/show`` request that learns whether a server
+#: continues a prefill (once per server and model, before its first continuation).
+SHOW_TIMEOUT_S = 2.0
 
 
-class Stream:
-    """A streamed chat reply: iterate it for events; a context manager.
+class _Held:
+    """The response in flight, shared by a driver and its stream (so that a stream that is
+    garbage-collected can close it without running the driver)."""
 
-    The request is sent when iteration starts (the first ``next()``), like the
-    official client's lazy generator. Events: one ``"start"``, then ``"token"`` /
-    ``"thinking"`` / ``"tool_call"`` as they arrive, ``"error"`` (and ``"meta"``,
-    ``"reset"``) around failovers, and one ``"end"`` when the reply completed.
+    __slots__ = ("body", "fleet")
 
-    Iteration raises (after the ``"error"`` event of the last attempt):
-        AllServersFailed: every candidate failed (``.attempts`` has each error).
-        BadRequest: HTTP 400, the request itself is wrong (no failover).
-        DeadlineExceeded: the total deadline ran out.
-        ServerError: with ``on_midstream="raise"``, the failure that broke the reply.
+    def __init__(self, fleet: "FleetView") -> None:
+        self.body: Any = None
+        self.fleet = fleet
 
-    Attributes and methods:
-        text(): the reply's text, reading the rest of the stream first if needed.
-        events: every event so far (a list copy).
-        ttft_s: seconds from the start of iteration to the first token or thinking
-            chunk received (includes failover time), ``None`` before it.
-        tokens_per_second: client-measured tokens/s (tokens after the first / seconds
-            since the first), ``None`` with fewer than two tokens.
-        usage: :class:`~aicortex.Usage` of the final ``done`` chunk, ``None`` before it.
-        server: URL of the server that produced the reply (``None`` until it completed).
-        attempts: one :class:`~aicortex.Attempt` per server tried so far.
-    """
+    def release(self) -> Any:
+        body, self.body = self.body, None
+        if body is not None:
+            self.fleet.end(body.server)
+        return body
 
-    def __init__(
-        self,
-        session: ChatSession,
-        transport: "Transport",
-        *,
-        on_attempt: Callable[[Attempt], None] | None = None,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
+
+def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Iterator[StreamEvent]:
+    """Perform the flow's effects with blocking I/O (the sync driver)."""
+    fleet, flow, clock = held.fleet, chat_flow(s), time.monotonic
+    send: Any = None
+    try:
+        while True:
+            try:
+                item = flow.send(send)
+            except StopIteration:
+                return
+            send = None
+            cls = item.__class__
+            if cls is list:
+                t0 = clock()
+                yield from item
+                s.consumer_s += clock() - t0
+            elif cls is Read:
+                send = held.body.read(item.until)
+            elif cls is Record:
+                fleet.record(item.outcome)
+            elif cls is Open:
+                fleet.begin(item.plan.server)
+                try:
+                    held.body = transport.open_chat(item.plan)
+                except ServerError as exc:
+                    fleet.end(item.plan.server)
+                    send = exc
+            elif cls is Close:
+                held.release().close(item.drain)
+            elif cls is Admit:
+                send = fleet.admit(item.candidate.server.url, item.model)
+            elif cls is KnownPrefill:
+                send = fleet.prefill(item.url, item.model)
+            elif cls is Show:
+                send = transport.show(item.url, item.model, timeout_s=SHOW_TIMEOUT_S)
+            elif cls is Learn:
+                fleet.learn_prefill(item.url, item.model, item.value)
+    finally:
+        body = held.release()
+        if body is not None:
+            body.close(False)
+        outcome = s.abandon()
+        if outcome is not None:
+            fleet.record(outcome)
+
+
+async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held) -> AsyncIterator[StreamEvent]:
+    """Perform the flow's effects with awaits (the async driver)."""
+    fleet, flow, clock = held.fleet, chat_flow(s), time.monotonic
+    send: Any = None
+    try:
+        while True:
+            try:
+                item = flow.send(send)
+            except StopIteration:
+                return
+            send = None
+            cls = item.__class__
+            if cls is list:
+                t0 = clock()
+                for event in item:
+                    yield event
+                s.consumer_s += clock() - t0
+            elif cls is Read:
+                send = await held.body.read(item.until, item.stall_s)
+            elif cls is Record:
+                fleet.record(item.outcome)
+            elif cls is Open:
+                fleet.begin(item.plan.server)
+                try:
+                    held.body = await transport.open_chat(item.plan)
+                except ServerError as exc:
+                    fleet.end(item.plan.server)
+                    send = exc
+            elif cls is Close:
+                await held.release().close(item.drain)
+            elif cls is Admit:
+                send = await fleet.admit_async(item.candidate.server.url, item.model)
+            elif cls is KnownPrefill:
+                send = fleet.prefill(item.url, item.model)
+            elif cls is Show:
+                send = await transport.show(item.url, item.model, timeout_s=SHOW_TIMEOUT_S)
+            elif cls is Learn:
+                fleet.learn_prefill(item.url, item.model, item.value)
+    finally:
+        _abort(s, held)
+
+
+def _abort(s: ChatSession, held: _Held) -> None:
+    """Close the response in flight at once and give back a held trial (never raises)."""
+    body = held.release()
+    if body is not None:
+        try:
+            body.abort()
+        except Exception:  # pragma: no cover - closing a socket
+            pass
+    outcome = s.abandon()
+    if outcome is not None:
+        held.fleet.record(outcome)
+
+
+class _Results:
+    """What a streamed reply knows, shared by :class:`Stream` and :class:`AsyncStream`."""
+
+    def __init__(self, session: ChatSession, keep_events: bool) -> None:
         self._session = session
-        self._transport = transport
-        self._on_close = on_close
-        self._events: list[StreamEvent] = []
-        # The generator does not reference the Stream, so dropping the Stream (e.g. after
-        # ``break`` in a bare for loop) frees it at once and closes the connection.
-        self._gen: Iterator[StreamEvent] = _drive(session, transport, on_attempt)
+        self._events: list[StreamEvent] | None = [] if keep_events else None
         self._closed = False
 
-    def __iter__(self) -> "Stream":
-        return self
-
-    def __next__(self) -> StreamEvent:
-        if self._closed:
-            raise StopIteration
-        try:
-            event = next(self._gen)
-        except BaseException:
-            self.close()
-            raise
-        self._events.append(event)
-        return event
-
-    def close(self) -> None:
-        """Stop the request and release its connection. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._gen.close()
-        finally:
-            if self._on_close is not None:
-                self._on_close()
-
-    def __enter__(self) -> "Stream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    # -- results -------------------------------------------------------------------------------
-    def text(self) -> str:
-        """The reply's text (no thinking). Reads the rest of the stream if it is still open.
-
-        Raises what iteration raises (e.g. ``AllServersFailed``).
-        """
-        for _ in self:
-            pass
-        if self._session.fatal is not None:
-            raise self._session.fatal
-        return self._session.text
-
-    def reply(self) -> Reply:
-        """Read the stream to its end and return the whole :class:`~aicortex.Reply`."""
-        text = self.text()
+    def _result_text(self) -> str:
         s = self._session
+        if s.fatal is not None:
+            raise s.fatal
+        if not s.complete:
+            raise IncompleteStream(
+                "the stream was closed before the reply completed; text() and reply() are only "
+                "for a complete reply (the partial text is in stream.partial_text)",
+                server=s.server,
+            )
+        return s.text
+
+    def _make_reply(self) -> Reply:
+        s = self._session
+        text = self._result_text()
         return Reply(
             text=text,
             message=s.message(),
@@ -128,7 +185,24 @@ class Stream:
 
     @property
     def events(self) -> list[StreamEvent]:
-        return list(self._events)
+        """Every event so far (a list copy); ``[]`` when the stream keeps no events
+        (``keep_events=False``, to hold memory flat on long replies)."""
+        return list(self._events or ())
+
+    @property
+    def complete(self) -> bool:
+        """The reply completed (its ``end`` event was produced)."""
+        return self._session.complete
+
+    @property
+    def closed_early(self) -> bool:
+        """The stream was closed before the reply completed (``text()`` then raises)."""
+        return self._session.closed_early
+
+    @property
+    def partial_text(self) -> str:
+        """The reply's text so far, complete or not (never raises)."""
+        return self._session.text
 
     @property
     def thinking(self) -> str:
@@ -142,22 +216,29 @@ class Stream:
 
     @property
     def ttft_s(self) -> float | None:
+        """Seconds from sending the request to the first token or thinking chunk
+        (failovers included), ``None`` before it."""
         return self._session.ttft_s
 
     @property
     def tokens_per_second(self) -> float | None:
+        """Tokens/s after the first token: client-measured, or the server-reported figure
+        when the consumer was slower than the server (see ``ChatSession.tokens_per_second``)."""
         return self._session.tokens_per_second
 
     @property
     def usage(self) -> Usage | None:
+        """:class:`~aicortex.Usage` of the final ``done`` chunk, ``None`` before it."""
         return self._session.usage
 
     @property
     def server(self) -> str | None:
+        """URL of the server that produced the reply (``None`` until it completed)."""
         return self._session.server
 
     @property
     def attempts(self) -> tuple[Attempt, ...]:
+        """One :class:`~aicortex.Attempt` per server tried so far."""
         return self._session.attempts
 
     @property
@@ -167,60 +248,169 @@ class Stream:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Stream model={self._session.model!r} {state} events={len(self._events)}>"
+        return f"<{type(self).__name__} model={self._session.model!r} {state}>"
 
 
-def _drive(
-    s: ChatSession, transport: "Transport", on_attempt: Callable[[Attempt], None] | None
-) -> Iterator[StreamEvent]:
-    """The driver loop: the only I/O of a sync request (see ``_session`` for the protocol)."""
-    yield from s.start()
-    while True:
-        plan, events = s.next_attempt()
-        yield from events
-        if plan is None:
-            assert s.fatal is not None
-            raise s.fatal
+class Stream(_Results):
+    """A streamed chat reply: iterate it for events; a context manager.
+
+    The request is sent when iteration starts (the first ``next()``), like the
+    official client's lazy generator. Events: one ``"start"``, then ``"token"`` /
+    ``"thinking"`` / ``"tool_call"`` as they arrive, ``"error"`` (and ``"meta"``,
+    ``"reset"``) around failovers, and one ``"end"`` when the reply completed.
+
+    ``break`` out of a ``for`` loop closes the stream at once (the connection too), even
+    while you still hold the stream; ``text()`` then raises ``IncompleteStream``.
+
+    Iteration raises (after the ``"error"`` event of the last attempt):
+        AllServersFailed: every candidate failed (``.attempts`` has each error).
+        BadRequest: HTTP 400, the request itself is wrong (no failover).
+        DeadlineExceeded: the total deadline ran out.
+        ServerError: with ``on_midstream="raise"``, the failure that broke the reply.
+
+    Results: ``text()``, ``reply()``, ``events``, ``partial_text``, ``thinking``,
+    ``tool_calls``, ``ttft_s``, ``tokens_per_second``, ``usage``, ``server``,
+    ``attempts``, ``complete``, ``closed_early``.
+    """
+
+    def __init__(self, session: ChatSession, transport: "Transport", fleet: "FleetView", *, keep_events: bool = True) -> None:
+        super().__init__(session, keep_events)
+        # The driver does not reference the Stream, so dropping the Stream frees it at
+        # once and closes the connection.
+        self._gen: Iterator[StreamEvent] = _drive_sync(session, transport, _Held(fleet))
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self._loop()
+
+    def _loop(self) -> Iterator[StreamEvent]:
+        # A generator only the for loop holds: on ``break`` the loop drops it, it is
+        # finalised at once, and the stream is closed.
         try:
-            with transport.stream_chat(
-                plan.server,
-                plan.body,
-                connect_timeout_s=plan.connect_timeout_s,
-                first_token_timeout_s=plan.first_token_timeout_s,
-                stall_timeout_s=plan.stall_timeout_s,
-            ) as body:
-                for data in body:
-                    yield from s.receive(data)
-                    if s.attempt_done:
-                        break
-                else:
-                    yield from s.receive_eof()
-                if s.attempt_done and s.attempt_error is None:
-                    _drain(body)
-        except ServerError as exc:
-            s.transport_failed(exc)
-        events = s.end_attempt()
-        if on_attempt is not None:  # before the events: a caller may stop at "end"
-            on_attempt(s.attempts[-1])
-        yield from events
-        if s.fatal is not None:
-            raise s.fatal
-        if s.complete:
+            while True:
+                try:
+                    event = self.__next__()
+                except StopIteration:
+                    return
+                yield event
+        finally:
+            self.close()
+
+    def __next__(self) -> StreamEvent:
+        if self._closed:
+            raise StopIteration
+        try:
+            event = next(self._gen)
+        except BaseException:
+            self.close()
+            raise
+        if self._events is not None:
+            self._events.append(event)
+        return event
+
+    def close(self) -> None:
+        """Stop the request and release its connection. Safe to call twice."""
+        if self._closed:
             return
+        self._closed = True
+        self._gen.close()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def text(self) -> str:
+        """The reply's text (no thinking). Reads the rest of the stream if it is still open.
+
+        Raises what iteration raises (e.g. ``AllServersFailed``), and
+        ``IncompleteStream`` when the stream was closed before the reply completed.
+        """
+        for _ in self._loop():
+            pass
+        return self._result_text()
+
+    def reply(self) -> Reply:
+        """Read the stream to its end and return the whole :class:`~aicortex.Reply`.
+        Raises as :meth:`text`."""
+        self.text()
+        return self._make_reply()
 
 
-#: After ``done``, read at most this much of what is left (normally only the chunked
-#: terminator), so that the connection goes back to the pool for the next request.
-_DRAIN_BYTES = 64 * 1024
+class AsyncStream(_Results):
+    """A streamed chat reply for ``asyncio``: ``async for`` it; an async context manager.
 
+    Same events, results and errors as :class:`Stream`. The request is sent when
+    iteration starts. Leaving ``async with``, ``aclose()``, or cancelling the task closes
+    the connection at once. A stream dropped without being closed is closed by the
+    garbage collector, with a ``ResourceWarning`` (as httpx does). ``await text()`` /
+    ``await reply()`` read the rest.
+    """
 
-def _drain(body: Iterator[bytes]) -> None:
-    """Read the rest of a finished reply, keeping its keep-alive connection reusable."""
-    seen = 0
-    try:
-        for data in body:
-            seen += len(data)
-            if seen > _DRAIN_BYTES:
-                return
-    except ServerError:
-        return  # the reply is complete; a broken tail only costs the connection
+    def __init__(self, session: ChatSession, transport: "AsyncTransport", fleet: "FleetView", *, keep_events: bool = True) -> None:
+        super().__init__(session, keep_events)
+        self._held = _Held(fleet)
+        self._agen = _drive_async(session, transport, self._held)
+        self._started = False
+
+    def __aiter__(self) -> "AsyncStream":
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        self._started = True
+        try:
+            event = await self._agen.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+        if self._events is not None:
+            self._events.append(event)
+        return event
+
+    async def aclose(self) -> None:
+        """Stop the request and close its connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._agen.aclose()
+        finally:
+            _abort(self._session, self._held)
+
+    async def __aenter__(self) -> "AsyncStream":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._started and not self._session.complete and self._session.fatal is None:
+            warnings.warn(f"{self!r} was not closed: use `async with` or `await stream.aclose()`", ResourceWarning, stacklevel=1)
+        try:
+            _abort(self._session, self._held)
+        except Exception:  # pragma: no cover
+            pass
+
+    async def text(self) -> str:
+        """The reply's text (no thinking), reading the rest of the stream first.
+        Raises as :meth:`Stream.text`."""
+        async for _ in self:
+            pass
+        return self._result_text()
+
+    async def reply(self) -> Reply:
+        """Read the stream to its end and return the whole :class:`~aicortex.Reply`."""
+        await self.text()
+        return self._make_reply()
+

@@ -18,28 +18,41 @@ first-token limit is caught by the session instead.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Mapping
+import heapq
+import json
+import socket
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import httpx
 
 from ._version import __version__
 from ._exceptions import (
+    AICortexError,
     BadRequest,
     ConnectError,
     ConnectTimeout,
     FirstTokenTimeout,
     HTTPStatusError,
     PoolTimeout,
+    ProtocolError,
     ServerError,
     ServerModelNotFound,
     StallTimeout,
 )
 from ._exceptions import TimeoutError as AICortexTimeout
-from ._protocol import error_text
+from ._flow import TIMED_OUT
+from ._protocol import encode_body, error_text
 
-__all__ = ["Transport", "USER_AGENT"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ._session import AttemptPlan
 
+__all__ = ["Transport", "SyncBody", "USER_AGENT", "DRAIN_BYTES", "DRAIN_S", "MAX_PROBE_BYTES", "show_object"]
+
+#: Longest probe reply read (/api/tags, /api/ps, /api/version, /api/show), in bytes.
+MAX_PROBE_BYTES = 8 << 20
 USER_AGENT = f"aicortex/{__version__} httpx/{httpx.__version__}"
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -55,7 +68,7 @@ def _status_error(server: str, status: int, body: bytes, content_type: str) -> H
 
 
 class Transport:
-    """Streams /api/chat and fetches JSON probes over one ``httpx.Client``.
+    """Streams /api/chat and fetches bounded JSON probes over one ``httpx.Client`` (sync).
 
     Args:
         headers: extra request headers (e.g. ``Authorization``), sent to every server.
@@ -73,8 +86,11 @@ class Transport:
         max_connections: int = 100,
     ) -> None:
         self._owns = client is None
+        self._server_headers: dict[str, dict[str, str]] = {}
+        self._watchdog = _Watchdog()
         self._client = client or httpx.Client(
-            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            # identity: the body is read raw (iter_raw), so a compressed reply is never asked for
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
             verify=verify,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
             follow_redirects=False,
@@ -82,102 +98,306 @@ class Transport:
 
     def close(self) -> None:
         """Close the connection pool (only when this transport built the client)."""
+        self._watchdog.close()
         if self._owns:
             self._client.close()
 
-    @contextlib.contextmanager
-    def stream_chat(
-        self,
-        server: str,
-        body: Mapping[str, Any],
-        *,
-        connect_timeout_s: float | None,
-        first_token_timeout_s: float | None,
-        stall_timeout_s: float | None,
-    ) -> Iterator[Iterator[bytes]]:
-        """POST ``server``/api/chat and yield an iterator of raw body bytes.
+    def open_chat(self, plan: "AttemptPlan") -> "SyncBody":
+        """POST ``plan.server``/api/chat and return its body once the head arrived.
 
-        Leaving the ``with`` block closes the response (and its connection, if unread).
+        The hard limit of the attempt (the first-token limit, capped by the deadline) is
+        kept by a watchdog thread that shuts the socket down when it passes, so a server
+        that drips blank lines, spaces or headers cannot hold a read open past it.
 
-        Raises (all :class:`~aicortex.ServerError`, ``.server`` = ``server``):
-            ConnectError: refused, reset, DNS failure, connection lost mid-reply.
-            ConnectTimeout, FirstTokenTimeout, StallTimeout: the limit expired.
-            BadRequest (400), ServerModelNotFound (404 JSON), HTTPStatusError (others).
+        Raises (all :class:`~aicortex.ServerError`, ``.server`` = the server):
+            ConnectError: refused, reset, DNS failure, connection lost.
+            ConnectTimeout, FirstTokenTimeout: the limit expired before the head.
+            BadRequest (400), ServerModelNotFound (404 JSON), HTTPStatusError (others,
+            3xx included: redirects are not followed; the error names the Location).
         """
-        timeout = httpx.Timeout(
-            connect=connect_timeout_s,
-            read=first_token_timeout_s,
-            write=connect_timeout_s,
-            pool=connect_timeout_s,
-        )
-        request = self._client.build_request(
-            "POST",
-            server + "/api/chat",
-            json=body,
-            timeout=timeout,
-            headers={"Accept": "application/x-ndjson"},
-        )
-        try:
-            response = self._client.send(request, stream=True)
-        except httpx.ReadTimeout as exc:
-            raise FirstTokenTimeout(
-                f"no first token within the first-token timeout of {first_token_timeout_s:g} s",
+        body = SyncBody(self, plan)
+        body.open()
+        return body
+
+    def _status_error(self, server: str, response: httpx.Response, data: bytes) -> HTTPStatusError:
+        err = _status_error(server, response.status_code, data, response.headers.get("content-type", ""))
+        location = response.headers.get("location")
+        if 300 <= response.status_code < 400 and location:
+            err = HTTPStatusError(
+                f"HTTP {response.status_code} redirect to {location[:200]} (not followed: register the server's "
+                "real URL)",
                 server=server,
-                timeout_s=first_token_timeout_s,
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, server, connect_timeout_s, "before a reply") from exc
-        try:
-            if response.status_code >= 300:  # redirects are not followed: a wrong URL, said so
-                body_bytes = self._read_bounded(response, server)
-                raise _status_error(
-                    server, response.status_code, body_bytes, response.headers.get("content-type", "")
-                )
-            # From here on the read timeout is the stall timeout (see the module docstring).
-            timeouts = response.request.extensions.get("timeout")
-            if isinstance(timeouts, dict):
-                timeouts["read"] = stall_timeout_s
-            yield self._iter_body(response, server, stall_timeout_s)
-        finally:
-            response.close()
+                status_code=response.status_code,
+                error=err.error,
+            )
+        return err
 
     @staticmethod
-    def _iter_body(response: httpx.Response, server: str, stall_s: float | None) -> Iterator[bytes]:
-        try:
-            yield from response.iter_raw()
-        except httpx.ReadTimeout as exc:
-            raise StallTimeout(
-                f"stalled: no bytes for the stall timeout of {stall_s:g} s", server=server, timeout_s=stall_s
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, server, None, "mid-reply") from exc
-
-    @staticmethod
-    def _read_bounded(response: httpx.Response, server: str) -> bytes:
-        data = b""
+    def _read_bounded(response: httpx.Response, server: str, limit: int = _MAX_ERROR_BODY) -> bytes:
+        data = bytearray()
         try:
             for piece in response.iter_raw():
                 data += piece
-                if len(data) >= _MAX_ERROR_BODY:
+                if len(data) >= limit:
                     break
         except httpx.HTTPError as exc:
             raise _translate(exc, server, None, "while reading an error reply") from exc
-        return data[:_MAX_ERROR_BODY]
+        return bytes(data[:limit])
 
-    def get(self, server: str, path: str, *, connect_timeout_s: float | None, read_timeout_s: float | None) -> bytes:
-        """GET ``server + path`` (e.g. ``/api/tags``) and return the body bytes.
+    def show(self, server: str, model: str, *, timeout_s: float | None) -> dict[str, Any] | None:
+        """POST ``server``/api/show for ``model`` (Ollama ``docs/api.md``): the JSON object,
+        or ``None`` on any failure (never raises)."""
+        try:
+            data = self.request_json(server, "POST", "/api/show", {"model": model}, connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
+        except AICortexError:
+            return None
+        return show_object(data)
+
+    def request_json(
+        self,
+        server: str,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        connect_timeout_s: float | None,
+        read_timeout_s: float | None,
+        limit: int = MAX_PROBE_BYTES,
+    ) -> bytes:
+        """``method server+path`` with an optional JSON body; the reply's bytes, at most
+        ``limit`` (a longer reply is a ``ProtocolError``: replies are bounded).
 
         Raises:
-            ConnectError, ConnectTimeout, AICortexTimeout (read), HTTPStatusError.
+            ConnectError, ConnectTimeout, AICortexTimeout (read), HTTPStatusError, ProtocolError.
         """
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=connect_timeout_s, pool=connect_timeout_s)
+        headers = {"Accept": "application/json", **self.headers_for(server)}
+        content = encode_body(body) if body is not None else None
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            response = self._client.get(server + path, timeout=timeout, headers={"Accept": "application/json"})
+            request = self._client.build_request(method, server + path, content=content, timeout=timeout, headers=headers)
+            response = self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise _translate(exc, server, connect_timeout_s, f"on GET {path}", read_timeout_s) from exc
-        if response.status_code >= 300:
-            raise _status_error(server, response.status_code, response.content, response.headers.get("content-type", ""))
-        return response.content
+            raise _translate(exc, server, connect_timeout_s, f"on {method} {path}", read_timeout_s) from exc
+        try:
+            if response.status_code >= 300:
+                raise self._status_error(server, response, self._read_bounded(response, server))
+            data = self._read_bounded(response, server, limit + 1)
+            if len(data) > limit:
+                raise ProtocolError(f"{path} reply longer than {limit} bytes", server=server)
+            return data
+        finally:
+            response.close()
+
+    def get(self, server: str, path: str, *, connect_timeout_s: float | None, read_timeout_s: float | None) -> bytes:
+        """GET ``server + path`` (e.g. ``/api/tags``): the body bytes, at most
+        ``MAX_PROBE_BYTES``. Raises as :meth:`request_json`."""
+        return self.request_json(server, "GET", path, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
+
+    def headers_for(self, server: str) -> Mapping[str, str]:
+        """Extra headers for one server (none by default; see ``Client(headers=...)``)."""
+        return self._server_headers.get(server, _NO_HEADERS)
+
+    def set_server_headers(self, headers: Mapping[str, Mapping[str, str]]) -> None:
+        """``{url: headers}`` sent to that server only, besides the client's own."""
+        self._server_headers = {url: dict(h) for url, h in headers.items() if h}
+
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+class _Watchdog:
+    """One daemon thread that shuts down the socket of a response whose hard limit
+    (``time.monotonic`` seconds) passed. Entries hold bodies weakly; re-arming a body
+    makes its older entry stale."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, "weakref.ref[SyncBody]"]] = []
+        self._cv = threading.Condition()
+        self._seq = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="aicortex-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, body: "SyncBody", until: float | None) -> None:
+        with self._cv:
+            self._seq += 1
+            body._armed = self._seq
+            body._armed_until = until
+            if until is None:
+                return
+            heapq.heappush(self._heap, (until, self._seq, weakref.ref(body)))
+            if self._heap[0][1] == self._seq:
+                self._cv.notify()
+
+    def disarm(self, body: "SyncBody") -> None:
+        body._armed = 0
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._heap.clear()
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._closed:
+                        return
+                    while self._heap:
+                        _, seq, ref = self._heap[0]
+                        body = ref()
+                        if body is not None and body._armed == seq:
+                            break
+                        heapq.heappop(self._heap)
+                    else:
+                        self._cv.wait()
+                        continue
+                    delay = self._heap[0][0] - time.monotonic()
+                    if delay <= 0:
+                        heapq.heappop(self._heap)
+                        break
+                    self._cv.wait(delay)
+            body.fire()
+            del body
+
+
+class SyncBody:
+    """The body of one streamed /api/chat attempt (sync), read by the driver's ``Read``."""
+
+    __slots__ = ("_t", "plan", "_response", "_it", "_stream", "fired", "_armed", "_armed_until", "__weakref__")
+
+    def __init__(self, transport: Transport, plan: "AttemptPlan") -> None:
+        self._t = transport
+        self.plan = plan
+        self._response: httpx.Response | None = None
+        self._it: Iterator[bytes] | None = None
+        self._stream: Any = None
+        self.fired = False
+        self._armed = 0
+        self._armed_until: float | None = None
+
+    @property
+    def server(self) -> str:
+        """URL of the server this body comes from."""
+        return self.plan.server
+
+    def abort(self) -> None:
+        """Close the connection at once."""
+        self.close(False)
+
+    def _trace(self, name: str, info: Mapping[str, Any]) -> None:
+        if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self._stream = info.get("return_value")
+
+    def fire(self) -> None:
+        """The hard limit passed: shut the socket down so the blocked read returns."""
+        self.fired = True
+        stream = self._stream
+        if stream is None and self._response is not None:
+            stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def open(self) -> None:
+        plan, t = self.plan, self._t
+        server = plan.server
+        first = plan.first_token_timeout_s
+        timeout = httpx.Timeout(connect=plan.connect_timeout_s, read=first, write=plan.connect_timeout_s, pool=plan.connect_timeout_s)
+        headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **t.headers_for(server)}
+        request = t._client.build_request(
+            "POST", server + "/api/chat", content=encode_body(plan.body), timeout=timeout, headers=headers,
+            extensions={"trace": self._trace},
+        )
+        t._watchdog.arm(self, None if first is None else time.monotonic() + first)
+        try:
+            response = t._client.send(request, stream=True)
+        except httpx.ReadTimeout as exc:
+            t._watchdog.disarm(self)
+            raise FirstTokenTimeout(
+                f"no first token within the first-token timeout of {first:g} s", server=server, timeout_s=first
+            ) from exc
+        except httpx.HTTPError as exc:
+            t._watchdog.disarm(self)
+            if self.fired:
+                raise FirstTokenTimeout(
+                    f"no first token within the first-token timeout of {first:g} s", server=server, timeout_s=first
+                ) from exc
+            raise _translate(exc, server, plan.connect_timeout_s, "before a reply") from exc
+        self._response = response
+        if response.status_code >= 300:  # redirects are not followed: a wrong URL, said so
+            try:
+                raise t._status_error(server, response, t._read_bounded(response, server))
+            finally:
+                self.close(drain=False)
+        # From here on the per-read timeout is the stall timeout (the watchdog keeps the
+        # first-token limit and the deadline).
+        timeouts = response.request.extensions.get("timeout")
+        if isinstance(timeouts, dict):
+            timeouts["read"] = plan.stall_timeout_s
+        self._it = response.iter_raw()
+
+    def read(self, until: float | None) -> Any:
+        """The next bytes (``b""`` at the end), ``TIMED_OUT``, or the ``ServerError``."""
+        if until != self._armed_until:
+            self._t._watchdog.arm(self, until)
+        try:
+            return next(self._it)  # type: ignore[arg-type]
+        except StopIteration:
+            return TIMED_OUT if self.fired else b""
+        except httpx.ReadTimeout:
+            return TIMED_OUT
+        except httpx.HTTPError as exc:
+            if self.fired:
+                return TIMED_OUT
+            return _translate(exc, self.plan.server, None, "mid-reply")
+
+    def close(self, drain: bool) -> None:
+        """Drain a finished reply (at most ``DRAIN_BYTES``, within ``DRAIN_S``) so the
+        connection is reused, else close it; never raises."""
+        t = self._t
+        response = self._response
+        if response is None:
+            t._watchdog.disarm(self)
+            return
+        self._response = None
+        try:
+            if drain and self._it is not None and not self.fired:
+                t._watchdog.arm(self, time.monotonic() + DRAIN_S)
+                seen = 0
+                for data in self._it:
+                    seen += len(data)
+                    if seen > DRAIN_BYTES:
+                        break
+        except httpx.HTTPError:
+            pass  # the reply is complete; a broken tail only costs the connection
+        finally:
+            t._watchdog.disarm(self)
+            try:
+                response.close()
+            except httpx.HTTPError:
+                pass
+
+
+#: After ``done``, read at most this much of what is left (normally only the chunked
+#: terminator), for at most ``DRAIN_S`` seconds, so the connection goes back to the pool.
+DRAIN_BYTES = 64 * 1024
+DRAIN_S = 0.25
+
+
+def show_object(data: bytes) -> dict[str, Any] | None:
+    """An /api/show reply as a dict, or ``None`` if it is not a JSON object."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _translate(

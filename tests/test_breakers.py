@@ -48,9 +48,11 @@ def _client(reg_path, fakes, **kw):
     return client
 
 
-def _expire_cooldown(reg, url, model=""):
-    """Pretend the cooldown is over (what waiting 5 s would do)."""
-    reg.update_health(url, model, lambda h: dataclasses.replace(h, open_until=time.time() - 0.01))
+def _expire_cooldown(client, url, model=""):
+    """Pretend the cooldown is over (what waiting 5 s would do): write what the client
+    knows, then shorten the cooldown in the registry (the client reloads it)."""
+    client.fleet.flush()
+    client.registry.update_health(url, model, lambda h: dataclasses.replace(h, open_until=time.time() - 0.01))
 
 
 def test_a_server_in_cooldown_is_not_contacted_until_its_half_open_trial(fakes, tmp_path):
@@ -58,15 +60,15 @@ def test_a_server_in_cooldown_is_not_contacted_until_its_half_open_trial(fakes, 
     client = _client(tmp_path / "r.db", [s0, s1])
     s0.push(Script(status=500))
     assert client.chat("q", model=MODEL).server == s1.url
-    assert client.registry.health(s0.url, MODEL).failures == 1
+    assert client.fleet.health(s0.url, MODEL).failures == 1
     for _ in range(3):  # in cooldown: s0 sees no chat request at all
         assert client.chat("q", model=MODEL).server == s1.url
     assert len(s0.chat_requests) == 1
     assert [s.url for s in client.list_model_servers(MODEL)] == [s1.url, s0.url]  # in cooldown: last
-    _expire_cooldown(client.registry, s0.url, MODEL)
+    _expire_cooldown(client, s0.url, MODEL)
     reply = client.chat("q", model=MODEL)  # the half-open trial goes to s0 and closes it
     assert reply.server == s0.url and len(s0.chat_requests) == 2
-    assert client.registry.health(s0.url, MODEL).failures == 0
+    assert client.fleet.health(s0.url, MODEL).failures == 0
     client.close()
     client.registry.close()
 
@@ -76,11 +78,11 @@ def test_a_failed_trial_reopens_with_a_longer_cooldown(fakes, tmp_path):
     client = _client(tmp_path / "r.db", [s0, s1])
     s0.kill()
     client.chat("q", model=MODEL)
-    first = client.registry.health(s0.url)
+    first = client.fleet.health(s0.url)
     assert first.failures == 1 and 4 < first.open_until - time.time() <= 5
-    _expire_cooldown(client.registry, s0.url)
+    _expire_cooldown(client, s0.url)
     assert client.chat("q", model=MODEL).server == s1.url
-    second = client.registry.health(s0.url)
+    second = client.fleet.health(s0.url)
     assert second.failures == 2 and 9 < second.open_until - time.time() <= 10
     client.close()
     client.registry.close()
@@ -110,8 +112,10 @@ def test_two_processes_share_breaker_state_through_the_registry_file(fakes, tmp_
     out = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == s1.url  # the other process hit the dead s0, then s1
-    # This process sees the breaker the other one tripped, and does not contact s0.
-    assert client.registry.health(s0.url).failures == 1
+    # This process sees the breaker the other one tripped (at its next sync with the
+    # registry, about once a second), and does not contact s0.
+    client.fleet.sync()
+    assert client.fleet.health(s0.url).failures == 1
     s0.start()  # back on its port: would answer if contacted
     reply = client.chat("q", model=MODEL)
     assert reply.server == s1.url and len(reply.attempts) == 1
@@ -125,8 +129,9 @@ def test_server_busy_is_a_short_backoff_not_a_trip(fakes, tmp_path):
     client = _client(tmp_path / "r.db", [s0, s1])
     s0.push(Script(status=503))
     assert client.chat("q", model=MODEL).server == s1.url
-    h = client.registry.health(s0.url)
+    h = client.fleet.health(s0.url)
     assert h.failures == 0 and 0 < h.open_until - time.time() <= 2
+    client.fleet.flush()
     assert "server busy" in client.registry.get(s0.url).last_error
     client.close()
     client.registry.close()
@@ -140,8 +145,8 @@ def test_breaking_out_of_a_stream_is_no_penalty(fakes, tmp_path):
             break
     del event
     assert s0.wait_for_disconnect()
-    assert client.registry.health(s0.url) == client.registry.health(s0.url).__class__()
-    assert client.registry.health(s0.url, MODEL).failures == 0
+    assert client.fleet.health(s0.url) == client.fleet.health(s0.url).__class__()
+    assert client.fleet.health(s0.url, MODEL).failures == 0
     client.close()
     client.registry.close()
 
@@ -151,7 +156,7 @@ def test_success_records_ewma_metrics(fakes, tmp_path):
     client = _client(tmp_path / "r.db", [s0])
     client.chat("q", model=MODEL)
     client.chat("q", model=MODEL)
-    h = client.registry.health(s0.url, MODEL)
+    h = client.fleet.health(s0.url, MODEL)
     assert h.successes == 2 and h.ewma_ttft_s > 0 and h.ewma_tps > 0 and h.ewma_server_tps > 0
     client.close()
     client.registry.close()

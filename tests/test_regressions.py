@@ -15,7 +15,7 @@ import time
 import pytest
 
 from aicortex import AllServersFailed, Client, DeadlineExceeded, Registry, Timeouts
-from aicortex.testing import FakeOllama, Script
+from aicortex.testing import CHATML_TEMPLATE, FakeOllama, Script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,7 +29,12 @@ def fleet():
     made = []
 
     def make(*scripts, timeout=FAST, registry=None):
-        fakes = [FakeOllama(models=[M], script=s).start() for s in scripts]
+        # A script that ignores the prefill runs on a server whose /api/show template
+        # says so (a ChatML-style template closes every turn).
+        fakes = [
+            FakeOllama(models=[M], script=s, **({} if s.continue_prefill else {"template": CHATML_TEMPLATE})).start()
+            for s in scripts
+        ]
         reg = registry or Registry.memory()
         for i, f in enumerate(fakes):
             reg.add(f.url, name=f"s{i}")
@@ -123,8 +128,10 @@ def test_review_success_is_recorded_when_the_caller_stops_at_the_end_event(fleet
         for ev in s:
             if ev.type == "end":
                 break
-    assert reg.health(fake.url).failures == 0  # before the fix: still 1, and open_until = now + 30
-    assert reg.health(fake.url, M).successes == 1  # before the fix: 0
+    assert client.fleet.health(fake.url).failures == 0  # before the fix: still 1, and open_until = now + 30
+    assert client.fleet.health(fake.url, M).successes == 1  # before the fix: 0
+    client.fleet.flush()  # and the registry gets it with the next batch
+    assert reg.health(fake.url).failures == 0 and reg.health(fake.url, M).successes == 1
 
 
 # 7. _client.py _record_attempt -> Registry.update_health -> _row raises RegistryError when the
@@ -180,6 +187,7 @@ def test_review_local_pool_exhaustion_does_not_trip_a_healthy_server(fleet):
             streams.append(s)
         with pytest.raises(AllServersFailed):
             client.chat("hi", model=M)
+        client.fleet.flush()
         assert reg.health(fake.url).failures == 0  # before the fix: 1, breaker open for everyone
     finally:
         for s in streams:

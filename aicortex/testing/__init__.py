@@ -32,6 +32,7 @@ Example::
 
 from ._fake import FakeOllama
 from ._net import blackhole_listener, closed_port_url
+from ._wire import CHATML_TEMPLATE
 from ._script import QUEUE_FULL_ERROR, RUNNER_STOPPED_ERROR, RequestRecord, Script, default_error
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "default_error",
     "RUNNER_STOPPED_ERROR",
     "QUEUE_FULL_ERROR",
+    "CHATML_TEMPLATE",
 ]

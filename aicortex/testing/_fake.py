@@ -75,6 +75,7 @@ class FakeOllama:
         *,
         blackhole_all: bool = False,
         host: str = "127.0.0.1",
+        template: str = "{{ .Prompt }}",
     ) -> None:
         self.models: list[str] = list(models) if models is not None else ["llama3.2"]
         self.loaded: list[str] | None = list(loaded) if loaded is not None else None
@@ -82,6 +83,11 @@ class FakeOllama:
         self.default_script: Script = script if script is not None else Script()
         self.blackhole_all = blackhole_all
         self.host = host
+        #: The chat template ``/api/show`` reports (Ollama ``docs/api.md``). aicortex reads
+        #: it to learn whether the server continues a prefill: a ``.Messages`` template
+        #: without ``$last`` (e.g. :data:`CHATML_TEMPLATE`) closes every turn, so such a
+        #: server starts the reply over; pair it with ``Script(continue_prefill=False)``.
+        self.template = template
         self.server_errors: list[str] = []
         self._port = port
         self._lock = threading.RLock()

@@ -345,7 +345,7 @@ class Connection:
             listed = find_model(name, fake.models)
             if listed is None:
                 return self.reply_json(req, rec, 404, {"error": f"model '{name}' not found"})
-            return self.reply_json(req, rec, 200, show_response(listed, fake._modified_at))
+            return self.reply_json(req, rec, 200, show_response(listed, fake._modified_at, fake.template))
         return self.generate(req, rec, "chat" if path == "/api/chat" else "generate", body)
 
     def _parse_body(self, req: Request, path: str) -> tuple[dict, tuple[int, str] | None]:

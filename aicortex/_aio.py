@@ -1,0 +1,268 @@
+"""HTTP for the async client through aiohttp. The only module that imports it.
+
+Why aiohttp and not ``httpx.AsyncClient``: measured side by side in
+``benchmarks/bench_async.py`` (1,000 concurrent streams over 4 loopback servers), httpx's
+pure-Python HTTP/1.1 layer (httpcore + h11 + anyio) costs several times the CPU per
+chunk of aiohttp's C parser, and the targets of a fleet gateway (chunks/s, event-loop
+lag) are out of reach with it. Every aiohttp error is translated here into the
+:mod:`aicortex` tree with ``raise ... from exc`` (design rule 4), as ``_transport`` does
+for httpx.
+
+Timeouts are exact: the wait for the head (the first-token limit, capped by the
+deadline) and each read (the stall limit once output flows, capped by the deadline) run
+under ``asyncio.timeout_at`` with the absolute limits the request flow computes, so a
+server that drips blank lines or spaces cannot hold a read open past them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+from typing import TYPE_CHECKING, Any, Awaitable, Mapping, TypeVar
+
+import aiohttp
+
+from ._exceptions import (
+    AICortexError,
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    FirstTokenTimeout,
+    ProtocolError,
+    ServerError,
+)
+from ._exceptions import TimeoutError as AICortexTimeout
+from ._flow import TIMED_OUT
+from ._protocol import encode_body
+from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _status_error, show_object
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._session import AttemptPlan
+
+__all__ = ["AsyncTransport", "AsyncBody"]
+
+T = TypeVar("T")
+
+
+async def _within(aw: Awaitable[T], until: float | None) -> T:
+    """Await ``aw`` by ``until`` (``loop.time()`` seconds); ``asyncio.TimeoutError`` after."""
+    if until is None:
+        return await aw
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout_at(until):
+            return await aw
+    return await asyncio.wait_for(aw, max(0.0, until - asyncio.get_running_loop().time()))  # pragma: no cover
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
+    if verify is True:
+        return ssl.create_default_context()
+    if verify is False:
+        return False
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"verify={verify!r}: cannot load the CA bundle ({exc}); pass True, False or a readable CA file") from exc
+
+
+class AsyncTransport:
+    """Streams /api/chat and fetches bounded JSON probes over one ``aiohttp.ClientSession``.
+
+    Args:
+        headers: extra request headers for every server.
+        verify: TLS verification: ``True`` (default), ``False``, or a CA bundle path.
+        max_connections: connection-pool size (streams open at once, all servers).
+
+    The session is created on first use, inside the running event loop.
+    """
+
+    def __init__(self, *, headers: Mapping[str, str] | None = None, verify: bool | str = True, max_connections: int = 100) -> None:
+        self._ssl = _ssl_context(verify)
+        self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+        self._limit = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._server_headers: dict[str, dict[str, str]] = {}
+
+    def set_server_headers(self, headers: Mapping[str, Mapping[str, str]]) -> None:
+        """``{url: headers}`` sent to that server only, besides the client's own."""
+        self._server_headers = {url: dict(h) for url, h in headers.items() if h}
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ssl=self._ssl)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def open_chat(self, plan: "AttemptPlan") -> "AsyncBody":
+        """POST ``plan.server``/api/chat and return its body once the head arrived.
+
+        Raises the same :class:`~aicortex.ServerError`\\ s as the sync ``Transport.open_chat``.
+        """
+        server = plan.server
+        first = plan.first_token_timeout_s
+        loop = asyncio.get_running_loop()
+        until = None if first is None else loop.time() + first
+        headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **self._server_headers.get(server, {})}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=plan.connect_timeout_s)
+        try:
+            response = await _within(
+                self._get_session().post(server + "/api/chat", data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
+                until,
+            )
+        except asyncio.TimeoutError as exc:
+            raise FirstTokenTimeout(
+                f"no first token within the first-token timeout of {first:g} s", server=server, timeout_s=first
+            ) from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _translate(exc, server, plan.connect_timeout_s, "before a reply") from exc
+        if response.status >= 300:
+            try:
+                raise await self._status_error(server, response)
+            finally:
+                response.close()
+        return AsyncBody(response, server)
+
+    async def _status_error(self, server: str, response: aiohttp.ClientResponse) -> ServerError:
+        try:
+            data = await _within(response.content.read(_MAX_ERROR_BODY), asyncio.get_running_loop().time() + 5.0)
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
+            data = b""
+        err = _status_error(server, response.status, data, response.headers.get("Content-Type", ""))
+        location = response.headers.get("Location")
+        if 300 <= response.status < 400 and location:
+            from ._exceptions import HTTPStatusError
+
+            return HTTPStatusError(
+                f"HTTP {response.status} redirect to {location[:200]} (not followed: register the server's real URL)",
+                server=server,
+                status_code=response.status,
+                error=err.error,
+            )
+        return err
+
+    async def request_json(
+        self,
+        server: str,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        connect_timeout_s: float | None,
+        read_timeout_s: float | None,
+        limit: int = MAX_PROBE_BYTES,
+    ) -> bytes:
+        """``method server+path`` with an optional JSON body: the reply's bytes, at most
+        ``limit`` (longer is a ``ProtocolError``). Raises as the sync transport's."""
+        headers = {"Accept": "application/json", **self._server_headers.get(server, {})}
+        data = None
+        if body is not None:
+            data = encode_body(body)
+            headers["Content-Type"] = "application/json"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        try:
+            async with self._get_session().request(method, server + path, data=data, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                if response.status >= 300:
+                    raise await self._status_error(server, response)
+                payload = await response.content.read(limit + 1)
+        except AICortexError:
+            raise
+        except asyncio.TimeoutError as exc:
+            raise AICortexTimeout(f"read timeout on {method} {path}", server=server, timeout_s=read_timeout_s) from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _translate(exc, server, connect_timeout_s, f"on {method} {path}") from exc
+        if len(payload) > limit:
+            raise ProtocolError(f"{path} reply longer than {limit} bytes", server=server)
+        return payload
+
+    async def show(self, server: str, model: str, *, timeout_s: float | None) -> dict[str, Any] | None:
+        """POST ``server``/api/show for ``model``: the JSON object, or ``None`` (never raises)."""
+        try:
+            data = await self.request_json(server, "POST", "/api/show", {"model": model}, connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
+        except AICortexError:
+            return None
+        return show_object(data)
+
+
+class AsyncBody:
+    """The body of one streamed /api/chat attempt (async), read by the driver's ``Read``."""
+
+    __slots__ = ("_response", "_content", "server")
+
+    def __init__(self, response: aiohttp.ClientResponse, server: str) -> None:
+        self._response = response
+        self._content = response.content
+        self.server = server
+
+    async def read(self, until: float | None, stall_s: float | None) -> Any:
+        """The next bytes (``b""`` at the end), ``TIMED_OUT``, or the ``ServerError``."""
+        content = self._content
+        try:
+            data = content.read_nowait()
+            if data or content.at_eof():
+                return data
+            if stall_s is not None:
+                soon = asyncio.get_running_loop().time() + stall_s
+                until = soon if until is None or soon < until else until
+            return await _within(content.readany(), until)
+        except asyncio.TimeoutError:
+            return TIMED_OUT
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return _translate(exc, self.server, None, "mid-reply")
+
+    async def close(self, drain: bool) -> None:
+        """Drain a finished reply (bounded in bytes and time) so the connection is reused,
+        else close the connection. Never raises (but lets a cancellation through)."""
+        response = self._response
+        if drain:
+            try:
+                seen = 0
+                until = asyncio.get_running_loop().time() + DRAIN_S
+                while seen <= DRAIN_BYTES:
+                    data = await _within(self._content.readany(), until)
+                    if not data:
+                        response.release()
+                        return
+                    seen += len(data)
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                pass
+        response.close()
+
+    def abort(self) -> None:
+        """Close the connection at once (from a ``finally`` or the garbage collector)."""
+        self._response.close()
+
+
+def _translate(exc: BaseException, server: str, connect_s: float | None, where: str) -> ServerError:
+    """Map an aiohttp error to the aicortex tree (the one translation boundary)."""
+    if isinstance(exc, aiohttp.ServerTimeoutError) or type(exc).__name__ == "ConnectionTimeoutError":
+        return ConnectTimeout(
+            f"connect timeout: no connection within {connect_s:g} s" if connect_s else f"connect timeout: {exc}",
+            server=server,
+            timeout_s=connect_s,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = str(exc.os_error) if exc.os_error else str(exc)
+        if "refused" in reason.lower():
+            reason = "connection refused"
+        return ConnectError(f"cannot connect: {reason}", server=server)
+    if isinstance(exc, (aiohttp.ClientResponseError,)) and not isinstance(exc, aiohttp.ClientConnectionError):
+        return ProtocolError(f"bad HTTP reply {where}: {exc.message}", server=server)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ConnectError(f"connection lost {where}: {exc}", server=server)
+    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
+        return ConnectError(f"connection lost {where}: {exc or type(exc).__name__}", server=server)
+    if isinstance(exc, ValueError):
+        return ProtocolError(f"bad HTTP reply {where}: {exc}", server=server)
+    return ConnectError(f"HTTP failure {where}: {type(exc).__name__}: {exc}", server=server)

@@ -1,0 +1,320 @@
+"""The in-memory fleet view: health off the request path.
+
+Each :class:`~aicortex.Client` / :class:`~aicortex.AsyncClient` keeps a :class:`FleetView`:
+servers, model entries, circuit breakers, EWMA metrics and in-flight counts, in memory.
+Routing and admission read it without touching storage. Outcomes are applied to it at
+once and written to the store (:mod:`aicortex._store`) in batches by one background
+thread (and on close); the view reloads what other processes wrote about once a second
+(when the store's data version changed), replaying what it has not written yet, so no
+outcome is lost either way. This is the two-tier cache of LiteLLM's ``DualCache``
+(in-memory + shared store, re-synced every second), with SQLite as the shared tier.
+
+A storage failure (read-only file, a lock held past the busy timeout, disk full, a closed
+registry) never breaks, delays or stops a reply: it is logged through
+``logging.getLogger("aicortex")`` (a warning the first time for each kind, then debug)
+and counted in :attr:`FleetView.storage_errors`; the view goes on from memory.
+
+The half-open trial stays one per fleet across processes: it is claimed in memory
+first, then in the store from a worker thread, waiting at most ``CLAIM_WAIT_S``; when the
+store does not answer in time (or fails), the per-process claim stands.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from ._exceptions import AICortexError
+from ._health import Health, Outcome, outcome_changes, try_claim
+from ._protocol import model_key
+from ._store import Snapshot
+
+if TYPE_CHECKING:  # pragma: no cover
+    import random
+
+    from ._routing import Route
+    from ._store import Store
+
+__all__ = ["FleetView", "RELOAD_S", "CLAIM_WAIT_S", "MAX_PENDING", "logger"]
+
+logger = logging.getLogger("aicortex")
+
+#: How often (seconds) the view writes pending outcomes and looks for other processes' writes.
+RELOAD_S = 1.0
+#: Longest wait (seconds) for the store to confirm a half-open trial claim.
+CLAIM_WAIT_S = 0.25
+#: Outcomes kept for the store while it cannot be written; older ones are dropped (counted).
+MAX_PENDING = 10_000
+
+
+class FleetView:
+    """Servers, models, health and in-flight counts of one store, in memory.
+
+    Args:
+        store: a :class:`~aicortex._store.Store` (a :class:`~aicortex.Registry`).
+        reload_s: seconds between background syncs with the store.
+
+    Attributes:
+        storage_errors: how many store operations failed (each was logged).
+        dropped_outcomes: outcomes dropped because the store was unwritable too long.
+    """
+
+    def __init__(self, store: "Store", *, reload_s: float = RELOAD_S) -> None:
+        self._store = store
+        self._reload_s = reload_s
+        self._lock = threading.Lock()
+        self._snap = Snapshot()
+        self._health: dict[tuple[str, str], Health] = {}
+        self._claims: dict[tuple[str, str], Health] = {}  # local trial claims, re-applied on reload
+        self._inflight: dict[str, int] = {}
+        self._pending: list[Outcome] = []
+        self._prefill: dict[tuple[str, str], bool] = {}
+        self._version: int | None = None
+        self._writes = -1  # the store's write_count at the last reload
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._logged: set[str] = set()
+        self.storage_errors = 0
+        self.dropped_outcomes = 0
+        self.reload()
+        self._ensure_thread()
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot:
+        """The last snapshot read from the store."""
+        return self._snap
+
+    def reload(self) -> None:
+        """Read the store now (the pending outcomes and local claims are replayed on top)."""
+        try:
+            writes = self._store.write_count
+            version = self._store.data_version()
+            snap = self._store.snapshot()
+        except AICortexError as exc:
+            self._storage_failed("read", exc)
+            return
+        with self._lock:
+            health = dict(snap.health)
+            for o in self._pending:
+                _apply(health, o)
+            now = time.time()
+            for key, claim in list(self._claims.items()):
+                if claim.open_until is None or claim.open_until <= now:
+                    del self._claims[key]
+                elif ((health.get(key) or Health()).open_until or 0.0) < claim.open_until:
+                    health[key] = claim
+            self._snap, self._health, self._version, self._writes = snap, health, version, writes
+
+    def route(self, model: str, *, now: float, rng: "random.Random | None" = None) -> "Route":
+        """Candidates for ``model`` in try order (see :func:`aicortex._routing.order_candidates`)."""
+        from ._routing import order_candidates
+
+        self._ensure_thread()
+        if self._store.write_count != self._writes:
+            self.sync()  # this process changed the registry (added a server, refreshed...)
+        key = model_key(model)
+        entries = self._snap.entries.get(key, [])
+        health = self._health
+        pairs = {s.url: (health.get((s.url, "")) or Health(), health.get((s.url, key)) or Health()) for s, _ in entries}
+        return order_candidates(entries, pairs, now=now, rng=rng, inflight=self._inflight)
+
+    def health(self, url: str, model: str = "") -> Health:
+        """The in-memory health of a server (``model=""``) or (server, model)."""
+        return self._health.get((url, model_key(model) if model else "")) or Health()
+
+    # -- in flight -------------------------------------------------------------------------
+    def begin(self, url: str) -> None:
+        """A request to ``url`` is in flight."""
+        with self._lock:
+            self._inflight[url] = self._inflight.get(url, 0) + 1
+
+    def end(self, url: str) -> None:
+        """A request to ``url`` ended."""
+        with self._lock:
+            n = self._inflight.get(url, 0) - 1
+            if n > 0:
+                self._inflight[url] = n
+            else:
+                self._inflight.pop(url, None)
+
+    def inflight(self, url: str) -> int:
+        """Requests of this process in flight to ``url``."""
+        return self._inflight.get(url, 0)
+
+    # -- outcomes --------------------------------------------------------------------------
+    def record(self, outcome: Outcome) -> None:
+        """Apply an outcome now; the store gets it with the next batch. Never raises."""
+        if outcome.kind == "none" and not outcome.trial:
+            return
+        try:
+            with self._lock:
+                _apply(self._health, outcome)
+                for record, _ in outcome_changes(outcome):
+                    self._claims.pop((outcome.server, record), None)
+                self._pending.append(outcome)
+                if len(self._pending) > MAX_PENDING:
+                    del self._pending[0]
+                    self.dropped_outcomes += 1
+            self._ensure_thread()
+        except Exception as exc:  # bookkeeping never hurts a reply
+            self._storage_failed("record", exc)
+
+    def flush(self) -> None:
+        """Write the pending outcomes to the store in one transaction (kept on failure)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            self._store.apply_outcomes(batch)
+        except Exception as exc:
+            self._storage_failed("write", exc)
+            with self._lock:  # keep them for the next try, oldest first
+                self._pending[:0] = batch
+                excess = len(self._pending) - MAX_PENDING
+                if excess > 0:
+                    del self._pending[:excess]
+                    self.dropped_outcomes += excess
+
+    def sync(self) -> None:
+        """One background step: write pending outcomes, reload if the store changed."""
+        wrote = bool(self._pending)
+        self.flush()
+        try:
+            changed = wrote or self._store.data_version() != self._version
+        except Exception as exc:
+            self._storage_failed("read", exc)
+            return
+        if changed:
+            self.reload()
+
+    # -- half-open trials --------------------------------------------------------------------
+    def admit_local(self, url: str, model: str) -> bool:
+        """Claim the half-open trial of (url, model) in memory; ``False`` if it is held or a
+        breaker is open (then the server is skipped)."""
+        key = model_key(model)
+        now = time.time()
+        with self._lock:
+            pair = (self._health.get((url, "")) or Health(), self._health.get((url, key)) or Health())
+            ok, new = try_claim(pair, now)
+            for record, h in zip(("", key), new):
+                if h is not None:
+                    self._health[(url, record)] = self._claims[(url, record)] = h
+        return ok
+
+    def claim_in_store(self, url: str, model: str) -> "concurrent.futures.Future[bool]":
+        """Claim the trial in the store from the worker thread (see ``CLAIM_WAIT_S``)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aicortex-claim")
+        return self._executor.submit(self._store.claim_trial, url, model, time.time())
+
+    def claim_result(self, future: "concurrent.futures.Future[bool] | None", error: BaseException | None) -> bool:
+        """The verdict of a store claim: its answer, or ``True`` (the per-process claim
+        stands) when the store failed or did not answer within ``CLAIM_WAIT_S``."""
+        if error is not None or future is None:
+            self._storage_failed("claim", error or RuntimeError("no answer"))
+            return True
+        return bool(future.result())
+
+    def admit(self, url: str, model: str) -> bool:
+        """Admission of a half-open candidate (sync drivers): in memory, then the store."""
+        if not self.admit_local(url, model):
+            return False
+        future = self.claim_in_store(url, model)
+        try:
+            future.result(timeout=CLAIM_WAIT_S)
+        except BaseException as exc:
+            return self.claim_result(None, exc)
+        return self.claim_result(future, None)
+
+    async def admit_async(self, url: str, model: str) -> bool:
+        """Admission of a half-open candidate (async drivers); the store is asked off the
+        event loop."""
+        import asyncio
+
+        if not self.admit_local(url, model):
+            return False
+        future = self.claim_in_store(url, model)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), CLAIM_WAIT_S)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return self.claim_result(None, exc)
+        return self.claim_result(future, None)
+
+    # -- prefill knowledge -------------------------------------------------------------------
+    def prefill(self, url: str, model: str) -> bool | None:
+        """Whether (url, model) continues a trailing assistant message: ``True``, ``False``
+        (it starts the reply over), or ``None`` (not known yet)."""
+        return self._prefill.get((url, model_key(model)))
+
+    def learn_prefill(self, url: str, model: str, continues: bool | None) -> None:
+        """Remember what (url, model) does with a prefill (``None`` forgets)."""
+        key = (url, model_key(model))
+        if continues is None:
+            self._prefill.pop(key, None)
+        else:
+            self._prefill[key] = continues
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is not None or self._closed:
+            return
+        with self._lock:
+            if self._thread is None:
+                ref = weakref.ref(self)
+                self._thread = threading.Thread(target=_run, args=(ref, self._wake, self._reload_s), name="aicortex-fleet", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background thread and write what is pending (best effort)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.flush()
+
+    def _storage_failed(self, what: str, exc: BaseException) -> None:
+        self.storage_errors += 1
+        key = f"{what}:{type(exc).__name__}"
+        if key in self._logged:
+            logger.debug("aicortex: registry %s failed again: %s", what, exc)
+            return
+        self._logged.add(key)
+        logger.warning("aicortex: registry %s failed (replies go on from memory): %s", what, exc)
+
+
+def _apply(health: dict[tuple[str, str], Health], o: Outcome) -> None:
+    for record, change in outcome_changes(o):
+        key = (o.server, record)
+        new = change(health.get(key) or Health())
+        if new is not None:
+            health[key] = new
+
+
+def _run(ref: "weakref.ref[FleetView]", wake: threading.Event, every: float) -> None:
+    """The background writer: sync every ``every`` seconds until the view closes or is dropped."""
+    while True:
+        wake.wait(every)
+        view = ref()
+        if view is None or view._closed:
+            return
+        try:
+            view.sync()
+        except Exception as exc:  # pragma: no cover - sync() already logs what it can
+            view._storage_failed("sync", exc)
+        del view
+

@@ -1,0 +1,228 @@
+"""One sans-IO request flow, two thin drivers (design rule 2).
+
+:func:`chat_flow` is a generator that steps a :class:`~aicortex._session.ChatSession`. It
+yields either a ``list`` of :class:`~aicortex.StreamEvent` (to hand to the caller) or an
+effect, and receives the effect's result through ``send()``:
+
+==============================  ====================================================
+effect                          result the driver sends back
+==============================  ====================================================
+``Admit(candidate, model)``     ``bool``: the half-open trial was claimed
+``KnownPrefill(url, model)``    ``bool | None``: what the fleet view knows
+``Show(url, model)``            the ``/api/show`` JSON object, or ``None`` if it failed
+``Learn(url, model, value)``    ``None`` (remember the prefill knowledge)
+``Open(plan)``                  ``None``, or the :class:`~aicortex.ServerError` it raised
+``Read(until, stall_s)``        ``bytes`` (``b""`` at the end of the body), ``TIMED_OUT``,
+                                or the ``ServerError`` the read raised
+``Close(drain)``                ``None`` (drain a finished reply, bounded; else close)
+``Record(outcome)``             ``None`` (apply it to the fleet view; never raises)
+==============================  ====================================================
+
+Everything the request decides lives here and in ``ChatSession``: the order of
+recording and ``end`` (the outcome is recorded, then ``end`` is handed out, then the body
+is drained, so a server that holds its body open after ``done`` never delays ``end``),
+when to stop reading, which limit a timeout was. The drivers, ``_stream._drive_sync``
+and ``_stream._drive_async``, only perform effects, the way httpx's ``Auth.auth_flow`` is
+driven by ``sync_auth_flow`` and ``async_auth_flow`` (``httpx/_auth.py``).
+
+The flow returns when the reply is complete and raises the request's fatal error
+(``AllServersFailed``, ``DeadlineExceeded``, ``BadRequest``, or the failure itself with
+``on_midstream="raise"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generator, Mapping
+
+from ._health import Outcome
+from ._session import AttemptPlan, Candidate, ChatSession
+
+__all__ = [
+    "Admit",
+    "KnownPrefill",
+    "Show",
+    "Learn",
+    "Open",
+    "Read",
+    "Close",
+    "Record",
+    "TIMED_OUT",
+    "chat_flow",
+    "prefill_from_show",
+]
+
+
+class Admit:
+    """Claim the half-open trial of ``candidate`` for ``model``."""
+
+    __slots__ = ("candidate", "model")
+
+    def __init__(self, candidate: Candidate, model: str) -> None:
+        self.candidate, self.model = candidate, model
+
+
+class KnownPrefill:
+    """Ask the fleet view whether (url, model) continues a prefill."""
+
+    __slots__ = ("url", "model")
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+
+
+class Show(KnownPrefill):
+    """Fetch ``POST url/api/show`` for ``model`` (Ollama ``docs/api.md``, "Show Model Information")."""
+
+    __slots__ = ()
+
+
+class Learn:
+    """Remember what (url, model) does with a prefill."""
+
+    __slots__ = ("url", "model", "value")
+
+    def __init__(self, url: str, model: str, value: bool | None) -> None:
+        self.url, self.model, self.value = url, model, value
+
+
+class Open:
+    """Send the request of ``plan`` (``POST plan.server/api/chat``) and wait for its head."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: AttemptPlan) -> None:
+        self.plan = plan
+
+
+class Read:
+    """Read the next bytes of the body: by ``until`` (absolute ``time.monotonic`` seconds,
+    or ``None``), and, once output flows, with at most ``stall_s`` seconds of silence."""
+
+    __slots__ = ("until", "stall_s")
+
+    def __init__(self, until: float | None, stall_s: float | None) -> None:
+        self.until, self.stall_s = until, stall_s
+
+
+class Close:
+    """End the attempt's response: ``drain`` a finished reply (bounded) so its keep-alive
+    connection can be reused, else close the connection."""
+
+    __slots__ = ("drain",)
+
+    def __init__(self, drain: bool) -> None:
+        self.drain = drain
+
+
+class Record:
+    """Apply ``outcome`` to the fleet view (the store gets it later, in a batch)."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+class _TimedOut:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "TIMED_OUT"
+
+
+#: Sent back for a ``Read`` that did not return within its limits.
+TIMED_OUT: Any = _TimedOut()
+
+Step = Generator[Any, Any, None]
+
+
+def chat_flow(s: ChatSession) -> Step:
+    """The request flow of one chat: see the module docstring for the protocol."""
+    yield s.start()
+    while True:
+        cand = s.next_candidate()
+        while cand is not None and cand.state == "half_open":
+            if (yield Admit(cand, s.model)):
+                break
+            s.skip(cand)
+            cand = s.next_candidate()
+        if cand is None:
+            assert s.fatal is not None
+            raise s.fatal
+        url = cand.server.url
+        prefill = None
+        if s.needs_prefill_knowledge:
+            prefill = yield KnownPrefill(url, s.model)
+            if prefill is None:
+                prefill = prefill_from_show((yield Show(url, s.model)))
+                if prefill is not None:
+                    yield Learn(url, s.model, prefill)
+        plan, events = s.plan_attempt(cand, prefill=prefill, trial=cand.state == "half_open")
+        if events:
+            yield events
+        opened = yield Open(plan)
+        if opened is not None:
+            s.transport_failed(opened)
+        else:
+            read = None
+            while not s.attempt_done:
+                until, stall = s.read_limits()
+                if read is None or read.until != until or read.stall_s != stall:
+                    read = Read(until, stall)
+                data = yield read
+                if data.__class__ is bytes:
+                    events = s.receive(data) if data else s.receive_eof()
+                    if events:
+                        yield events
+                    if not data:
+                        break
+                elif data is TIMED_OUT:
+                    s.timed_out()
+                else:
+                    s.transport_failed(data)
+        events = s.end_attempt()
+        if s.learned_prefill is not None:
+            yield Learn(url, s.model, s.learned_prefill)
+            s.learned_prefill = None
+        if s.outcome is not None:
+            yield Record(s.outcome)
+        yield events
+        if opened is None:
+            yield Close(drain=s.complete)
+        if s.fatal is not None:
+            raise s.fatal
+        if s.complete:
+            return
+
+
+def prefill_from_show(show: Mapping[str, Any] | None) -> bool | None:
+    """Whether a model continues a trailing assistant message, from its ``/api/show``
+    reply (Ollama ``docs/api.md``; the rules of Ollama's ``server/prompt.go`` and
+    ``template/template.go``):
+
+    * a builtin ``renderer`` (qwen3-coder, gpt-oss...) continues it: ``True``;
+    * a Go template that tests ``$last`` leaves the last assistant turn open (the
+      library templates of Llama 3.x and most others): ``True``;
+    * a legacy template without ``.Messages`` (``.Prompt``/``.Response``) writes it as the
+      response, a prefill: ``True``; no template at all (llama-server's own): ``True``;
+    * a ``.Messages`` template without ``$last`` closes every turn (the ChatML-style
+      fallbacks): ``False``, the server starts the reply over.
+
+    ``None`` when the reply is missing or not understood.
+    """
+    if not isinstance(show, Mapping):
+        return None
+    renderer = show.get("renderer")
+    if isinstance(renderer, str) and renderer:
+        return True
+    template = show.get("template")
+    if template is None or template == "":
+        return True if "template" in show or "modelfile" in show else None
+    if not isinstance(template, str):
+        return None
+    if "$last" in template:
+        return True
+    if ".Messages" in template:
+        return False
+    return True
+
