@@ -114,7 +114,7 @@ class AsyncTransport:
         first = plan.first_token_timeout_s
         loop = asyncio.get_running_loop()
         until = None if first is None else loop.time() + first
-        headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **self._server_headers.get(server, {})}
+        headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **(plan.headers or {})}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=plan.connect_timeout_s)
         try:
             response = await _within(

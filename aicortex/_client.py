@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Generator, Literal, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Literal, Mapping, Sequence, overload
 
 from ._config import Timeouts, env_model
 from ._exceptions import AICortexError, AllServersFailed, ConfigError, ModelNotFound
@@ -214,6 +214,7 @@ class BaseClient:
             timeouts=timeouts,
             policy=policy,
             request=request,
+            headers=_server_headers(c.server for c in route.candidates + route.skipped),
         )
 
     def _close_registry(self) -> None:
@@ -303,7 +304,7 @@ class Client(BaseClient):
         """
         from ._discovery import refresh_registry
 
-        urls = _refresh_urls(self.registry, servers)
+        urls = _refresh_urls(self, servers)
         report = refresh_registry(
             self.registry,
             self._transport,
@@ -493,7 +494,7 @@ class AsyncClient(BaseClient):
 
         from ._discovery import arefresh_registry
 
-        urls = await asyncio.to_thread(_refresh_urls, self.registry, servers)
+        urls = await asyncio.to_thread(_refresh_urls, self, servers)
         report = await arefresh_registry(
             self.registry,
             self._transport,
@@ -618,10 +619,20 @@ def _finish(prep: Generator[str, "Route", ChatSession], route: "Route") -> ChatS
     raise AssertionError("request preparation did not finish")  # pragma: no cover
 
 
-def _refresh_urls(registry: "Registry", servers: Sequence[str] | None) -> list[str]:
-    if servers is None:
-        return [s.url for s in registry.servers(enabled_only=True)]
-    return [registry.get(s).url for s in servers]
+def _server_headers(servers: "Iterable[Server]") -> dict[str, dict[str, str]]:
+    """``{url: headers}`` of the servers that send their own headers, read from the
+    environment now (``ConfigError`` naming a variable that is not set)."""
+    from ._config import resolve_headers
+
+    return {s.url: resolve_headers(s) for s in servers if s.headers_env}
+
+
+def _refresh_urls(client: BaseClient, servers: Sequence[str] | None) -> list[str]:
+    """The URLs to probe, and each one's own headers set on the client's transport."""
+    registry = client.registry
+    chosen = registry.servers(enabled_only=True) if servers is None else [registry.get(s) for s in servers]
+    client._transport.set_server_headers(_server_headers(chosen))
+    return [s.url for s in chosen]
 
 
 _refresh_locks: "weakref.WeakKeyDictionary[BaseClient, threading.Lock]" = weakref.WeakKeyDictionary()

@@ -4,6 +4,8 @@ Environment variables:
     ``AICORTEX_DB``      registry file (default: ``servers.db`` in the user data directory)
     ``AICORTEX_MODEL``   model used when ``chat()`` gets none
     ``OLLAMA_HOST``      seeds an empty registry (default ``http://127.0.0.1:11434``)
+    per-server header variables, named in the registry (``servers add --header-env``)
+        and read by :func:`resolve_headers` when a request is sent
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigError, InvalidURL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._models import Server
 
 __all__ = [
     "Timeouts",
@@ -28,6 +34,12 @@ __all__ = [
     "env_model",
     "env_registry_path",
     "env_ollama_host",
+    "mask_url",
+    "looks_like_url",
+    "short_error",
+    "MAX_ERROR_CHARS",
+    "check_headers_env",
+    "resolve_headers",
 ]
 
 DEFAULT_PORT = 11434
@@ -68,7 +80,7 @@ class Timeouts:
                 )
 
     @classmethod
-    def of(cls, value: "Timeouts | float | None | dict", base: "Timeouts | None" = None) -> "Timeouts":
+    def of(cls, value: "Timeouts | float | None | dict[str, Any]", base: "Timeouts | None" = None) -> "Timeouts":
         """Coerce a number (all per-attempt limits), a dict of fields (applied over
         ``base``, default ``Timeouts()``), or a Timeouts. A number keeps ``base``'s
         deadline (``chat(timeout=5)`` on a client with a deadline keeps that deadline)."""
@@ -86,6 +98,138 @@ class Timeouts:
 
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9._~%-]+$")
+_NO_CREDENTIALS = (
+    "no query, fragment or credentials in a server URL; credentials go in environment "
+    "variables, never in the registry (aicortex servers add URL --header-env Authorization=VAR_NAME)"
+)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the credentials it may carry masked, for error messages.
+
+    The password is replaced by ``***``; a user name given without a password is masked
+    too, since ``https://TOKEN@host`` carries a secret there. Everything up to the last
+    ``@`` after the scheme counts as credentials, so a password holding ``/``, ``#`` or
+    ``@`` is masked whole (over-masking a rare ``@`` in a path is the safe side).
+
+    >>> mask_url("http://user:secret@gpu1:11434")
+    'http://user:***@gpu1:11434'
+    >>> mask_url("https://TOKEN@gpu1")
+    'https://***@gpu1'
+    >>> mask_url("http://gpu1:11434")
+    'http://gpu1:11434'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    userinfo, _, hostpart = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    masked = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{masked}@{hostpart}"
+
+
+def looks_like_url(value: object) -> bool:
+    """True for a ``str`` that starts with ``http://`` or ``https://`` (any case, leading
+    blanks ignored): a server URL given where a registry path (or a ``Client`` fleet) is
+    expected. Anything else (paths, ``None``, ``Database`` objects) is ``False``.
+
+    >>> looks_like_url("HTTPS://gpu1"), looks_like_url("servers.db"), looks_like_url(None)
+    (True, False, False)
+    """
+    return isinstance(value, str) and value.lstrip().lower().startswith(("http://", "https://"))
+
+
+#: Longest server error text kept in the registry (``servers.last_error``,
+#: ``health.last_error``), in characters; a server may echo whole pages back.
+MAX_ERROR_CHARS = 300
+
+
+def short_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in ``…`` when cut.
+
+    Used before an error text a server sent (or echoed) is stored or shown.
+
+    >>> short_error("x" * 400)[-3:], len(short_error("x" * 400))
+    ('xx…', 300)
+    >>> short_error("connection refused")
+    'connection refused'
+    """
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 1, 0)] + "…"
+
+
+# RFC 9110 token: the characters allowed in a header field name.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_headers_env(mapping: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate per-server headers given by reference: ``{header name: env var name}``.
+
+    Returns a plain dict (empty for ``None``), in the order given. Header names are
+    HTTP tokens (``Authorization``, ``X-Api-Key``); variable names match
+    ``[A-Za-z_][A-Za-z0-9_]*``. Only the names are kept: the values are read at request
+    time by :func:`resolve_headers`.
+
+    Raises:
+        ConfigError: a header or variable name that is not valid, or one header given
+            twice (header names are case-insensitive); the message says which and how
+            to write it.
+    """
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(
+            f"headers_env must be a mapping of header name to environment variable name, "
+            f"e.g. {{'Authorization': 'GPU1_TOKEN'}}, not {type(mapping).__name__}"
+        )
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for header, var in mapping.items():
+        if not isinstance(header, str) or not _HEADER_NAME_RE.match(header):
+            raise ConfigError(
+                f"{header!r} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only, "
+                "e.g. Authorization or X-Api-Key)"
+            )
+        if not isinstance(var, str) or not _ENV_NAME_RE.match(var):
+            raise ConfigError(
+                f"{var!r} (for header {header}) is not a valid environment variable name: "
+                "give the NAME of the variable that holds the value (letters, digits, _; "
+                "not starting with a digit), e.g. Authorization=GPU1_TOKEN, never the value itself"
+            )
+        if header.lower() in seen:
+            raise ConfigError(f"header {header!r} is given twice (also as {seen[header.lower()]!r}); give it once")
+        seen[header.lower()] = header
+        out[header] = var
+    return out
+
+
+def resolve_headers(server: "Server") -> dict[str, str]:
+    """The extra HTTP headers for one server, read from the environment now.
+
+    ``server.headers_env`` maps header names to environment variable names (the
+    registry stores only the names); each variable is read at the time of the call, so
+    call it when a request is sent. Returns ``{header name: value}``, empty when the
+    server has no such header.
+
+    Raises:
+        ConfigError: a variable is not set (or empty), naming the server, the header
+            and the variable, and how to fix it.
+    """
+    out: dict[str, str] = {}
+    for header, var in (server.headers_env or {}).items():
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(
+                f"server {server.name} ({server.url}) sends header {header} from environment variable "
+                f"{var}, which is not set: export {var}=..., or change it with "
+                f"`aicortex servers add` / Registry.set_headers_env"
+            )
+        out[header] = value
+    return out
 
 
 def parse_host(host: str | None) -> str:
@@ -112,6 +256,7 @@ def parse_host(host: str | None) -> str:
     host = (host or "").strip()
     if not host:
         return DEFAULT_HOST
+    shown = repr(mask_url(host))  # every message names the input with its password masked
     scheme, sep, rest = host.partition("://")
     if not sep:
         scheme, rest = "http", host
@@ -121,33 +266,32 @@ def parse_host(host: str | None) -> str:
         default_port = {"http": 80, "https": 443}.get(scheme, 0)
     if scheme not in ("http", "https"):
         raise InvalidURL(
-            f"{host!r}: only http:// and https:// servers are supported "
+            f"{shown}: only http:// and https:// servers are supported "
             f"(for example http://gpu1:{DEFAULT_PORT})"
         )
     if any(c.isspace() for c in rest):
-        raise InvalidURL(f"{host!r}: a URL cannot contain spaces")
+        raise InvalidURL(f"{shown}: a URL cannot contain spaces")
+    if "@" in rest:  # before urlsplit: a password holding "/" or "#" would reach its messages
+        raise InvalidURL(f"{shown}: {_NO_CREDENTIALS}")
     try:
         parts = urlsplit(f"{scheme}://{rest}")
         hostname = parts.hostname
         port = parts.port
     except ValueError as exc:
-        raise InvalidURL(f"{host!r}: {exc} (expected http(s)://host[:port])") from exc
+        raise InvalidURL(f"{shown}: {exc} (expected http(s)://host[:port])") from exc
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise InvalidURL(
-            f"{host!r}: no query, fragment or credentials in a server URL; "
-            "credentials go in environment variables, never in the registry"
-        )
+        raise InvalidURL(f"{shown}: {_NO_CREDENTIALS}")
     netloc_host = parts.netloc.rsplit("@", 1)[-1]
     if not hostname and netloc_host.startswith(":"):
         hostname = "127.0.0.1"
     if not hostname:
-        raise InvalidURL(f"{host!r}: no host name (expected http(s)://host[:port])")
+        raise InvalidURL(f"{shown}: no host name (expected http(s)://host[:port])")
     try:
         ip = ipaddress.ip_address(hostname)
         host_text = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
     except ValueError:
         if not _HOST_RE.match(hostname) or hostname.startswith((".", "-")):
-            raise InvalidURL(f"{host!r}: {hostname!r} is not a valid host name") from None
+            raise InvalidURL(f"{shown}: {hostname!r} is not a valid host name") from None
         host_text = hostname.lower()
     path = parts.path.rstrip("/")
     return f"{scheme}://{host_text}:{port or default_port}{path}"

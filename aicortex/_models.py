@@ -11,7 +11,7 @@ from typing import Any, Literal, Mapping
 
 from ._exceptions import AICortexError
 
-__all__ = ["StreamEvent", "EventType", "Usage", "Attempt", "Reply", "Server", "ModelEntry", "token_event"]
+__all__ = ["StreamEvent", "EventType", "Usage", "Attempt", "Reply", "Server", "ModelEntry", "ModelList", "token_event"]
 
 EventType = Literal["start", "token", "thinking", "tool_call", "tool_result", "error", "meta", "reset", "end"]
 
@@ -200,6 +200,11 @@ class Server:
         models: model names this server listed at the last refresh (/api/tags).
         loaded: model names loaded at the last refresh (/api/ps).
         added_at: Unix seconds when it was registered.
+        headers_env: extra request headers for this server, by reference:
+            ``{header name: environment variable name}``, e.g.
+            ``{"Authorization": "GPU1_TOKEN"}``. Only the names are stored; the values
+            are read when a request is sent (:func:`aicortex._config.resolve_headers`).
+            Not part of the hash.
     """
 
     url: str
@@ -214,3 +219,24 @@ class Server:
     models: tuple[str, ...] = ()
     loaded: tuple[str, ...] = ()
     added_at: float = 0.0
+    headers_env: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+class ModelList(list[str]):
+    """Model names as the servers list them (``"llama3.2:latest"``, ``"qwen3:8b"``), with
+    ``in`` following Ollama's name rule: a name without a tag means ``:latest``.
+
+    ``"llama3.2" in models`` is true when a server lists ``"llama3.2:latest"``, and
+    ``"llama3.2:latest" in models`` when one lists ``"llama3.2"``. Everything else
+    (order, indexing, equality with a plain list, JSON) is a ``list[str]``'s.
+    """
+
+    __slots__ = ()
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return super().__contains__(name)
+        from ._protocol import model_key  # _protocol imports this module
+
+        key = model_key(name)
+        return any(model_key(listed) == key for listed in self)

@@ -10,6 +10,10 @@ Tables (created by migrations, see ``MIGRATIONS``):
   ``size`` (bytes), ``details`` (JSON), ``modified_at``, and ``loaded`` (listed by /api/ps).
 * ``meta``: key/value facts about the registry itself (when it was seeded, refreshed).
 
+``servers.headers_env`` (m004) holds per-server request headers by reference: a JSON
+object ``{header name: environment variable name}``; the values are read from the
+environment at request time (:func:`aicortex._config.resolve_headers`).
+
 No secret is ever stored: credentials are referenced by environment-variable name only.
 A file registry runs in WAL mode with a busy timeout, so several processes can share it.
 Every write happens inside ``db.atomic()``; one lock makes a ``Registry`` thread-safe.
@@ -25,15 +29,25 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from ._config import default_registry_path, env_ollama_host, normalize_url
+from ._config import (
+    check_headers_env,
+    default_registry_path,
+    MAX_ERROR_CHARS,
+    env_ollama_host,
+    env_registry_path,
+    looks_like_url,
+    mask_url,
+    normalize_url,
+    short_error,
+)
 from ._exceptions import ConfigError, RegistryError
 from ._health import Health
-from ._models import ModelEntry, Server
+from ._models import ModelEntry, ModelList, Server
 from ._protocol import model_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +64,7 @@ MIGRATIONS = Migrations("aicortex")
 
 @MIGRATIONS()
 def m001_servers_and_models(db: sqlite_utils.Database) -> None:
-    db["servers"].create(
+    db.table("servers").create(
         {
             "id": int,
             "url": str,
@@ -70,9 +84,9 @@ def m001_servers_and_models(db: sqlite_utils.Database) -> None:
         not_null={"url", "name", "priority", "enabled", "added_at", "updated_at", "status"},
         defaults={"priority": 0, "enabled": 1, "status": "unknown"},
     )
-    db["servers"].create_index(["url"], unique=True)
-    db["servers"].create_index(["name"], unique=True)
-    db["models"].create(
+    db.table("servers").create_index(["url"], unique=True)
+    db.table("servers").create_index(["name"], unique=True)
+    db.table("models").create(
         {
             "server_id": int,
             "name": str,
@@ -88,14 +102,14 @@ def m001_servers_and_models(db: sqlite_utils.Database) -> None:
         not_null={"server_id", "name", "key"},
         defaults={"loaded": 0},
     )
-    db["models"].create_index(["key"])
-    db["meta"].create({"key": str, "value": str}, pk="key")
+    db.table("models").create_index(["key"])
+    db.table("meta").create({"key": str, "value": str}, pk="key")
 
 
 @MIGRATIONS()
 def m002_health(db: sqlite_utils.Database) -> None:
     # One row per server (model = "") and per (server, model): breaker state and EWMAs.
-    db["health"].create(
+    db.table("health").create(
         {
             "server_id": int,
             "model": str,
@@ -120,7 +134,7 @@ def m002_health(db: sqlite_utils.Database) -> None:
 @MIGRATIONS()
 def m003_bench(db: sqlite_utils.Database) -> None:
     # The latest `aicortex bench` figures per (server, model).
-    db["bench"].create(
+    db.table("bench").create(
         {
             "server_id": int,
             "model": str,
@@ -138,6 +152,12 @@ def m003_bench(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m004_server_headers_env(db: sqlite_utils.Database) -> None:
+    # Per-server headers by reference: JSON {header name: environment variable name}.
+    db.table("servers").add_column("headers_env", str)
+
+
 def _now() -> float:
     return time.time()
 
@@ -146,24 +166,42 @@ class Registry:
     """The set of Ollama servers aicortex may use, and what each one serves.
 
     Args:
-        path: an SQLite file path (created on first use, with its directory), the
-            string ``":memory:"`` for a private in-memory registry, a
-            ``sqlite_utils.Database``, or ``None`` for the default
+        path: an SQLite file path (created on first use, with its directory, unless
+            ``create=False``), the string ``":memory:"`` for a private in-memory
+            registry, a ``sqlite_utils.Database`` (used as it is, and left open by
+            :meth:`close`: it stays the caller's), or ``None`` for the default
             (``AICORTEX_DB``, else ``servers.db`` in the user data directory).
         seed: when the registry is new, register ``OLLAMA_HOST`` (parsed like the
             official client; default ``http://127.0.0.1:11434``). Happens once per file:
-            removing the seeded server does not bring it back.
+            removing the seeded server does not bring it back. :attr:`seeded` tells
+            whether this call did it.
+        create: when ``False``, a file that does not exist is an error instead of a new
+            registry (and new folders): for tools that only read. Ignored for
+            ``":memory:"`` and a ``Database``.
+
+    Attributes:
+        path: the file, or ``None`` (in memory, or a caller's ``Database``).
+        seeded: the URL this constructor registered as the seed, or ``None``.
 
     Raises:
-        RegistryError: the file is not an SQLite database, or cannot be created. The
-            file is left untouched.
+        ConfigError: ``path`` (or ``AICORTEX_DB``) is a server URL, not a file.
+        RegistryError: the file is not an SQLite database, or cannot be created; or
+            ``create=False`` and there is no file. The file is left untouched.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | sqlite_utils.Database | None = None, *, seed: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | sqlite_utils.Database | None = None,
+        *,
+        seed: bool = True,
+        create: bool = True,
+    ) -> None:
         self._lock = threading.RLock()
         #: Write transactions committed through this object (the fleet view reloads
         #: when it changes; other processes' writes show in :meth:`data_version`).
         self.write_count = 0
+        self.seeded: str | None = None
+        self._owns_db = not isinstance(path, sqlite_utils.Database)
         if isinstance(path, sqlite_utils.Database):
             self.path: Path | None = None
             self.db = path
@@ -171,12 +209,21 @@ class Registry:
             self.path = None
             self.db = sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False))
         else:
+            given = path if path is not None else env_registry_path()
+            if looks_like_url(given):
+                url = mask_url(str(given).strip())
+                raise ConfigError(
+                    f"{url!r} is a server URL, not a registry file: use Client({url!r}) to talk to that "
+                    f"server, or Registry.memory() and then .add({url!r}) for an in-memory registry "
+                    "(a file registry takes a path, e.g. Registry('servers.db'))"
+                )
             self.path = Path(path).expanduser() if path is not None else default_registry_path()
-            self.db = self._open_file(self.path)
+            self.db = self._open_file(self.path, create=create)
         try:
             self._setup(seed)
         except sqlite3.DatabaseError as exc:
-            self.db.close()
+            if self._owns_db:
+                self.db.close()
             raise RegistryError(self._describe(exc)) from exc
 
     @classmethod
@@ -194,11 +241,20 @@ class Registry:
             )
         return f"registry {where}: {msg}"
 
-    def _open_file(self, path: Path) -> sqlite_utils.Database:
+    def _open_file(self, path: Path, *, create: bool = True) -> sqlite_utils.Database:
+        missing = RegistryError(f"no registry at {path}: add a server first with `aicortex servers add URL`")
+        if not create and not path.exists():
+            raise missing
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            else:  # mode=rw: never create the file, even if it vanished since the check
+                uri = f"{path.absolute().as_uri()}?mode=rw"
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
+            if not create and not path.exists():
+                raise missing from exc
             raise RegistryError(f"cannot open registry file {path}: {exc}") from exc
         try:
             conn.execute("PRAGMA schema_version").fetchone()
@@ -223,7 +279,8 @@ class Registry:
                     MIGRATIONS.apply(db)
                 if seed and self._meta("seeded_at") is None:
                     if not db["servers"].count:
-                        self._insert(env_ollama_host(), name=None, priority=0, enabled=True)
+                        self.seeded = env_ollama_host()
+                        self._insert(self.seeded, name=None, priority=0, enabled=True)
                     self._set_meta("seeded_at", str(_now()))
 
     def _enable_wal(self) -> None:
@@ -250,11 +307,13 @@ class Registry:
         return rows[0]["value"] if rows else None
 
     def _set_meta(self, key: str, value: str) -> None:
-        self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+        self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
 
-    def _insert(self, url: str, *, name: str | None, priority: int, enabled: bool) -> None:
+    def _insert(
+        self, url: str, *, name: str | None, priority: int, enabled: bool, headers_env: dict[str, str] | None = None
+    ) -> None:
         now = _now()
-        self.db["servers"].insert(
+        self.db.table("servers").insert(
             {
                 "url": url,
                 "name": name or _default_name(url),
@@ -263,6 +322,7 @@ class Registry:
                 "added_at": now,
                 "updated_at": now,
                 "status": "unknown",
+                "headers_env": json.dumps(headers_env) if headers_env else None,
             }
         )
 
@@ -282,7 +342,9 @@ class Registry:
         row = self._find(server)
         if row is None:
             known = ", ".join(r["name"] for r in self.db.query("select name from servers order by id")) or "none"
-            raise RegistryError(f"no registered server {server!r} (registered: {known}); see `aicortex servers list`")
+            raise RegistryError(
+                f"no registered server {mask_url(server)!r} (registered: {known}); see `aicortex servers list`"
+            )
         return row
 
     def _server(self, row: dict[str, Any], models: Sequence[dict[str, Any]] = ()) -> Server:
@@ -299,6 +361,7 @@ class Registry:
             models=tuple(m["name"] for m in models),
             loaded=tuple(m["name"] for m in models if m["loaded"]),
             added_at=row["added_at"],
+            headers_env=json.loads(row.get("headers_env") or "{}"),
         )
 
     def _wrap(self, write: bool = False) -> "contextlib.AbstractContextManager[None]":
@@ -323,21 +386,34 @@ class Registry:
                 self.write_count += 1
 
     # -- public API -------------------------------------------------------------------------
-    def add(self, url: str, *, name: str | None = None, priority: int = 0, enabled: bool = True) -> Server:
+    def add(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        enabled: bool = True,
+        headers_env: Mapping[str, str] | None = None,
+    ) -> Server:
         """Register a server.
 
         Args:
             url: ``http(s)://host[:port]`` or a bare ``host[:port]`` (port 11434).
             name: short unique name (default ``host:port``).
             priority: higher is tried first among equally healthy servers (default 0).
+            headers_env: extra request headers for this server by reference,
+                ``{header name: environment variable name}`` (e.g.
+                ``{"Authorization": "GPU1_TOKEN"}``); only the names are stored.
 
         Returns the new :class:`~aicortex.Server`.
 
         Raises:
             InvalidURL: the URL is not http(s) with a host.
+            ConfigError: a header or environment variable name is not valid.
             RegistryError: the URL or the name is already registered.
         """
         normalized = normalize_url(url)
+        refs = check_headers_env(headers_env)
         if name is not None and not name.strip():
             raise RegistryError("server name cannot be empty")
         with self._wrap(write=True):
@@ -348,8 +424,26 @@ class Registry:
                     f"server {e['name']!r} ({e['url']}) is already registered; "
                     "use a different --name, or `aicortex servers remove` it first"
                 )
-            self._insert(normalized, name=name, priority=priority, enabled=enabled)
+            self._insert(normalized, name=name, priority=priority, enabled=enabled, headers_env=refs)
             return self.get(normalized)
+
+    def set_headers_env(self, server: str, headers_env: Mapping[str, str] | None) -> Server:
+        """Replace the request headers a server (by URL or name) gets by reference:
+        ``{header name: environment variable name}``; ``None`` or ``{}`` removes them.
+
+        Returns the updated :class:`~aicortex.Server`.
+
+        Raises:
+            ConfigError: a header or environment variable name is not valid.
+            RegistryError: no such server.
+        """
+        refs = check_headers_env(headers_env)
+        with self._wrap(write=True):
+            row = self._row(server)
+            self.db.table("servers").update(
+                row["id"], {"headers_env": json.dumps(refs) if refs else None, "updated_at": _now()}
+            )
+            return self.get(row["url"])
 
     def remove(self, server: str) -> Server:
         """Remove a server (by URL or name) and its model list. Returns what was removed.
@@ -369,7 +463,7 @@ class Registry:
     def _set_enabled(self, server: str, enabled: bool) -> Server:
         with self._wrap(write=True):
             row = self._row(server)
-            self.db["servers"].update(row["id"], {"enabled": int(enabled), "updated_at": _now()})
+            self.db.table("servers").update(row["id"], {"enabled": int(enabled), "updated_at": _now()})
             return self.get(row["url"])
 
     def enable(self, server: str) -> Server:
@@ -397,14 +491,19 @@ class Registry:
                 models.setdefault(m["server_id"], []).append(m)
             return [self._server(r, models.get(r["id"], [])) for r in rows]
 
-    def models(self) -> list[str]:
-        """Sorted distinct model names listed by enabled servers (Ollama /api/tags names)."""
+    def models(self) -> ModelList:
+        """Sorted distinct model names listed by enabled servers (Ollama /api/tags names).
+
+        A :class:`~aicortex._models.ModelList`: the names as listed, and ``in`` follows
+        Ollama's rule (``"llama3.2" in registry.models()`` when a server lists
+        ``"llama3.2:latest"``, and the other way round).
+        """
         with self._wrap():
             rows = self.db.query(
                 "select distinct models.name from models join servers on servers.id = models.server_id "
                 "where servers.enabled = 1 order by models.name"
             )
-            return [r["name"] for r in rows]
+            return ModelList(r["name"] for r in rows)
 
     def model_entries(self, model: str) -> list[tuple[Server, ModelEntry]]:
         """Enabled servers that list ``model`` (``x`` and ``x:latest`` match), with the entry.
@@ -455,18 +554,20 @@ class Registry:
     ) -> None:
         """Store one server's probe result (from /api/version, /api/tags, /api/ps).
 
-        On ``error`` the server is marked ``down`` with the error; its model list is
+        On ``error`` the server is marked ``down`` with the error (cut to
+        :data:`~aicortex._config.MAX_ERROR_CHARS` by ``short_error``); its model list is
         kept (never deleted). On success the model list is replaced.
         """
         at = _now() if at is None else at
         with self._wrap(write=True):
             row = self._row(url)
             if error is not None:
-                self.db["servers"].update(
-                    row["id"], {"status": "down", "last_error": error, "last_refresh_at": at, "updated_at": at}
+                self.db.table("servers").update(
+                    row["id"],
+                    {"status": "down", "last_error": short_error(error), "last_refresh_at": at, "updated_at": at},
                 )
             else:
-                self.db["servers"].update(
+                self.db.table("servers").update(
                     row["id"],
                     {
                         "status": "up",
@@ -482,7 +583,7 @@ class Registry:
                     warm = {model_key(n) for n in (loaded or ())}
                     self.db.execute("delete from models where server_id = ?", [row["id"]])
                     unique = {m.name: m for m in models}.values()  # a name listed twice is one model
-                    self.db["models"].insert_all(
+                    self.db.table("models").insert_all(
                         {
                             "server_id": row["id"],
                             "name": m.name,
@@ -498,12 +599,13 @@ class Registry:
             self._set_meta("last_refresh_at", str(at))
 
     def record_error(self, url: str, error: str) -> None:
-        """Remember the last error a chat attempt got from a server (shown by ``servers list``)."""
+        """Remember the last error a chat attempt got from a server (shown by ``servers list``),
+        cut to :data:`~aicortex._config.MAX_ERROR_CHARS` characters. Ignored for an unknown server."""
         with self._wrap(write=True):
             row = self._find(url)
             if row is None:
                 return
-            self.db["servers"].update(row["id"], {"last_error": error, "updated_at": _now()})
+            self.db.table("servers").update(row["id"], {"last_error": short_error(error), "updated_at": _now()})
 
     def last_refresh_at(self) -> float | None:
         """Unix seconds of the last refresh of any server, ``None`` if never refreshed."""
@@ -547,6 +649,7 @@ class Registry:
         to leave it as is (then ``None`` is returned, as it is for a server that is no
         longer registered). The read and the write happen in
         one ``BEGIN IMMEDIATE`` transaction, so two processes never lose an update.
+        The new ``last_error`` is cut by ``short_error`` before it is stored (and returned).
         """
         key = model_key(model) if model else ""
         with self._wrap(write=True):
@@ -555,7 +658,9 @@ class Registry:
                 return None
             new = change(self._health_of(row["id"], key))
             if new is not None:
-                self.db["health"].upsert(
+                if new.last_error is not None and len(new.last_error) > MAX_ERROR_CHARS:
+                    new = dataclasses.replace(new, last_error=short_error(new.last_error))
+                self.db.table("health").upsert(
                     {"server_id": row["id"], "model": key, **dataclasses.asdict(new)}, pk=("server_id", "model")
                 )
             return new
@@ -571,7 +676,7 @@ class Registry:
                 k: getattr(result, k)
                 for k in ("measured_at", "runs", "ok", "ttft_p50_s", "ttft_p95_s", "tps_p50", "tps_p95", "server_tps_p50")
             }
-            self.db["bench"].upsert({"server_id": row["id"], "model": model_key(model), **figures}, pk=("server_id", "model"))
+            self.db.table("bench").upsert({"server_id": row["id"], "model": model_key(model), **figures}, pk=("server_id", "model"))
 
     def bench_results(self, model: str) -> dict[str, dict[str, Any]]:
         """``{url: figures}`` of the latest bench of ``model`` on each server."""
@@ -672,9 +777,11 @@ class Registry:
             return ok
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection, unless it is a ``sqlite_utils.Database`` the
+        caller passed in (that one stays open: it is the caller's to close)."""
         with self._lock:
-            self.db.close()
+            if self._owns_db:
+                self.db.close()
 
     def __enter__(self) -> "Registry":
         return self

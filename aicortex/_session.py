@@ -72,6 +72,7 @@ class AttemptPlan:
             (``None`` = none), already capped by what is left of the deadline.
         warm: the model was listed by the server's /api/ps.
         trial: this attempt holds the server's half-open trial.
+        headers: extra HTTP headers for this server (``Server.headers_env``, resolved).
     """
 
     server: str
@@ -83,6 +84,7 @@ class AttemptPlan:
     stall_timeout_s: float | None
     warm: bool
     trial: bool = False
+    headers: Mapping[str, str] | None = None
 
 
 def _min(*values: float | None) -> float | None:
@@ -101,6 +103,8 @@ class ChatSession:
         policy: what to do after a failure once output was emitted.
         request: extra body fields: options, format, think, keep_alive, tools.
         skipped: servers left out because their breaker is open (named in errors).
+        headers: ``{url: extra headers}`` for servers that need their own (resolved
+            ``Server.headers_env``).
         clock: monotonic seconds (``time.monotonic``); ``wall``: Unix seconds.
 
     After the run: ``text``, ``thinking``, ``tool_calls``, ``usage``, ``server``,
@@ -118,6 +122,7 @@ class ChatSession:
         policy: MidstreamPolicy = "continue",
         request: Mapping[str, Any] | None = None,
         skipped: Sequence[Candidate] = (),
+        headers: Mapping[str, Mapping[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -128,6 +133,7 @@ class ChatSession:
         self.policy = policy
         self.request = dict(request or {})
         self.skipped = list(skipped)
+        self._headers = headers or {}
         self._clock = clock
         self._wall = wall
         # Output of the reply as the caller sees it.
@@ -332,6 +338,7 @@ class ChatSession:
             stall_timeout_s=_min(t.stall, remaining),
             warm=cand.warm,
             trial=trial,
+            headers=self._headers.get(cand.server.url),
         )
         self._plan = plan
         self._prefill_known = prefill

@@ -310,7 +310,7 @@ class SyncBody:
         server = plan.server
         first = plan.first_token_timeout_s
         timeout = httpx.Timeout(connect=plan.connect_timeout_s, read=first, write=plan.connect_timeout_s, pool=plan.connect_timeout_s)
-        headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **t.headers_for(server)}
+        headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **(plan.headers or {})}
         request = t._client.build_request(
             "POST", server + "/api/chat", content=encode_body(plan.body), timeout=timeout, headers=headers,
             extensions={"trace": self._trace},

@@ -2,17 +2,20 @@
 
 Commands::
 
-    aicortex servers add URL [--name NAME] [--priority N]
+    aicortex servers add URL [--name NAME] [--priority N] [--header-env HEADER=VAR]... [--no-seed]
     aicortex servers list [--json]
     aicortex servers remove|enable|disable NAME_OR_URL
     aicortex refresh [SERVER...]
     aicortex models [MODEL] [--json]
     aicortex chat -m MODEL [PROMPT]
+    aicortex bench -m MODEL [--runs K]
 
-Every command takes ``--db PATH`` (env ``AICORTEX_DB``; default: ``servers.db`` in the
-user data directory). Library errors (:class:`~aicortex.AICortexError`) become
-``click.ClickException``: the library's message on stderr, exit status 1; usage errors
-exit 2; Ctrl-C during ``chat`` exits 130.
+``--db PATH`` goes before the command (``aicortex --db PATH models``, env
+``AICORTEX_DB``) or after it (``aicortex models --db PATH``, which wins); default:
+``servers.db`` in the user data directory. Only ``servers add`` creates a registry (and
+its folder); every other command on a missing file exits 1 saying so. Library errors
+(:class:`~aicortex.AICortexError`) become ``click.ClickException``: the library's
+message on stderr, exit status 1; usage errors exit 2; Ctrl-C during ``chat`` exits 130.
 
 Only click is imported here at import time; httpx and sqlite-utils load when a command
 builds its :class:`~aicortex.Client` or :class:`~aicortex.Registry`.
@@ -46,16 +49,49 @@ PREFIX = "[aicortex]"
 
 # -- shared option bundles (sqlite-utils style) ---------------------------------------------------
 def db_option(fn: F) -> F:
-    """``--db PATH``: the registry file (env ``AICORTEX_DB``)."""
+    """``--db PATH`` on a command: the registry file; wins over the group-level ``--db``
+    (which also reads ``AICORTEX_DB``), so it has no environment variable of its own."""
     return click.option(
         "--db",
         "db",
         type=click.Path(dir_okay=False, path_type=str),
-        envvar="AICORTEX_DB",
         metavar="PATH",
         default=None,
-        help="Registry file (env AICORTEX_DB; default: servers.db in the user data directory).",
+        help="Registry file (also `aicortex --db PATH COMMAND`; env AICORTEX_DB; "
+        "default: servers.db in the user data directory).",
     )(fn)
+
+
+def _check_model(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A model name given but empty (``-m ""``, blanks) is a usage error; blanks are trimmed."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("the model name is empty: give one, e.g. -m llama3.2", ctx=ctx, param=param)
+    return value.strip()
+
+
+def model_option(fn: F) -> F:
+    """``-m/--model MODEL`` (env ``AICORTEX_MODEL``), required and not empty."""
+    return click.option(
+        "-m",
+        "--model",
+        required=True,
+        envvar="AICORTEX_MODEL",
+        callback=_check_model,
+        help="Model name (env AICORTEX_MODEL).",
+    )(fn)
+
+
+def _resolve_db(db: str | None) -> str | None:
+    """The command's ``--db``, else the group's (``aicortex --db PATH ...`` or ``AICORTEX_DB``)."""
+    if db is not None:
+        return db
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    root: str | None = ctx.find_root().params.get("db")
+    return root
 
 
 def json_option(fn: F) -> F:
@@ -75,11 +111,13 @@ def library_errors() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def open_registry(db: str | None) -> Iterator["Registry"]:
+def open_registry(db: str | None, *, create: bool = False, seed: bool = False) -> Iterator["Registry"]:
+    """The registry at ``--db``; a missing file is an error unless ``create`` (only
+    ``servers add``). ``seed`` applies to a registry this call creates."""
     from ._registry import Registry
 
     with library_errors():
-        reg = Registry(db)
+        reg = Registry(_resolve_db(db), create=create, seed=seed)
     try:
         with library_errors():
             yield reg
@@ -89,15 +127,17 @@ def open_registry(db: str | None) -> Iterator["Registry"]:
 
 @contextlib.contextmanager
 def open_client(db: str | None, **kw: Any) -> Iterator["Client"]:
+    """A :class:`Client` over the existing registry at ``--db`` (never creates one)."""
     from ._client import Client
 
-    with library_errors():
-        client = Client(db, **kw)
-    try:
+    with open_registry(db) as reg:
         with library_errors():
-            yield client
-    finally:
-        client.close()
+            client = Client(reg, **kw)
+        try:
+            with library_errors():
+                yield client
+        finally:
+            client.close()
 
 
 # -- formatting helpers -------------------------------------------------------------------------
@@ -154,6 +194,11 @@ def _server_json(server: "Server") -> dict[str, Any]:
     return dataclasses.asdict(server)
 
 
+def _headers_cell(server: "Server") -> str:
+    """``Authorization=$GPU1_TOKEN``: header names and the variables they come from, never values."""
+    return ", ".join(f"{h}=${v}" for h, v in server.headers_env.items())
+
+
 def _label(server: "Server") -> str:
     return f"{server.name} ({server.url})"
 
@@ -165,7 +210,17 @@ def _echo_json(obj: Any) -> None:
 # -- the group ----------------------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="aicortex")
-def cli() -> None:
+@click.option(
+    "--db",
+    "db",
+    type=click.Path(dir_okay=False, path_type=str),
+    envvar="AICORTEX_DB",
+    metavar="PATH",
+    default=None,
+    help="Registry file for every command (env AICORTEX_DB; a command's own --db wins; "
+    "default: servers.db in the user data directory).",
+)
+def cli(db: str | None) -> None:
     """aicortex: talk to many Ollama servers as if they were one.
 
     Register servers, refresh what they serve, then chat: the reply streams from the
@@ -185,20 +240,79 @@ def servers() -> None:
     """Manage the registry of Ollama servers."""
 
 
+def _parse_header_env(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    from ._config import check_headers_env
+    from ._exceptions import ConfigError
+
+    refs: dict[str, str] = {}
+    for item in values:
+        header, sep, var = item.partition("=")
+        header, var = header.strip(), var.strip()
+        if not sep:
+            raise click.BadParameter(
+                f"{item!r} is not HEADER=ENV_VAR (e.g. Authorization=GPU1_TOKEN)", ctx=ctx, param=param
+            )
+        if header.lower() in (h.lower() for h in refs):
+            raise click.BadParameter(f"header {header!r} is given twice; give it once", ctx=ctx, param=param)
+        refs[header] = var
+    try:
+        return check_headers_env(refs)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
 @servers.command(name="add")
 @click.argument("url")
 @click.option("--name", help="Short unique name (default: host:port).")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher is tried first among equally healthy servers.")
+@click.option(
+    "--header-env",
+    "headers_env",
+    multiple=True,
+    metavar="HEADER=ENV_VAR",
+    callback=_parse_header_env,
+    help="Send HEADER to this server with the value of environment variable ENV_VAR, read at "
+    "request time; repeatable. Only the variable's name is stored, never its value.",
+)
+@click.option(
+    "--no-seed",
+    is_flag=True,
+    help="When this creates the registry, do not also register OLLAMA_HOST (default http://127.0.0.1:11434).",
+)
 @db_option
-def servers_add(url: str, name: str | None, priority: int, db: str | None) -> None:
+def servers_add(
+    url: str, name: str | None, priority: int, headers_env: dict[str, str], no_seed: bool, db: str | None
+) -> None:
     """Register the Ollama server at URL (http(s)://host[:port], or host[:port]).
+
+    The only command that creates a registry (and its folder) when there is none; a
+    new registry also gets OLLAMA_HOST (default http://127.0.0.1:11434) as a server,
+    unless --no-seed.
 
     \b
         aicortex servers add http://gpu1:11434 --name gpu1 --priority 10
+        GPU1_TOKEN="Bearer ..." aicortex servers add https://gpu1 --header-env Authorization=GPU1_TOKEN
     """
-    with open_registry(db) as reg:
-        server = reg.add(url, name=name, priority=priority)
-    click.echo(f"Added {_label(server)} with priority {server.priority}. Run `aicortex refresh` to probe it.")
+    from ._config import normalize_url
+
+    with library_errors():
+        normalized = normalize_url(url)  # bad input creates no registry
+    with open_registry(db, create=True, seed=not no_seed) as reg:
+        seeded = reg.seeded
+        if seeded == normalized:  # the seed is the server being added: add it as asked
+            reg.remove(seeded)
+            seeded = None
+        server = reg.add(normalized, name=name, priority=priority, headers_env=headers_env)
+        if seeded is not None:
+            seed = reg.get(seeded)
+            click.echo(
+                f"{PREFIX} new registry {reg.path}: also added {_label(seed)} from OLLAMA_HOST "
+                f"(default http://127.0.0.1:11434); `aicortex servers remove {seed.name}` to drop it "
+                "(--no-seed to skip it when creating a registry)",
+                err=True,
+            )
+    extra = f", headers {_headers_cell(server)}" if server.headers_env else ""
+    click.echo(f"Added {_label(server)} with priority {server.priority}{extra}. Run `aicortex refresh` to probe it.")
 
 
 @servers.command(name="list")
@@ -215,6 +329,7 @@ def servers_list(as_json: bool, db: str | None) -> None:
         click.echo("No server registered: add one with `aicortex servers add http://HOST:11434`.")
         return
     now = time.time()
+    with_headers = any(s.headers_env for s in found)  # the column only when some server has one
     rows = [
         (
             s.name,
@@ -226,9 +341,11 @@ def servers_list(as_json: bool, db: str | None) -> None:
             humanize_ago(s.last_seen_at, now),
             truncate(s.last_error or ""),
         )
+        + ((_headers_cell(s),) if with_headers else ())
         for s in found
     ]
-    click.echo(format_table(["name", "url", "enabled", "status", "version", "models", "last seen", "last error"], rows))
+    headers = ["name", "url", "enabled", "status", "version", "models", "last seen", "last error"]
+    click.echo(format_table(headers + (["headers (from env)"] if with_headers else []), rows))
 
 
 @servers.command(name="remove")
@@ -297,7 +414,7 @@ def refresh(server_names: tuple[str, ...], db: str | None) -> None:
 
 # -- models ---------------------------------------------------------------------------------------
 @cli.command()
-@click.argument("model", required=False)
+@click.argument("model", required=False, callback=_check_model)
 @json_option
 @db_option
 def models(model: str | None, as_json: bool, db: str | None) -> None:
@@ -404,7 +521,7 @@ class _Printer:
 
 @cli.command()
 @click.argument("prompt", required=False)
-@click.option("-m", "--model", required=True, envvar="AICORTEX_MODEL", help="Model name (env AICORTEX_MODEL).")
+@model_option
 @click.option("-s", "--system", help="System prompt.")
 @click.option("--think/--no-think", default=None, help="Ask for thinking (shown dimmed on stderr) or turn it off; default: not sent.")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", callback=_parse_option, help="Ollama option, repeatable; values parsed as JSON when possible (temperature=0).")
@@ -490,7 +607,7 @@ def _summary(stream: Any) -> str:
 
 # -- bench ----------------------------------------------------------------------------------------
 @cli.command()
-@click.option("-m", "--model", required=True, envvar="AICORTEX_MODEL", help="Model name (env AICORTEX_MODEL).")
+@model_option
 @click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True, help="Short replies per server.")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
               help="Extra replies per server first (e.g. 1 to load a cold model), not counted.")

@@ -198,6 +198,183 @@ def test_db_from_environment(db, monkeypatch):
     assert [r["name"] for r in json.loads(result.stdout)] == ["envhost"]
 
 
+def test_db_before_the_command_works_like_after(db, tmp_path, monkeypatch):
+    add(db, "http://gpu1:11434", "gpu1")
+    before = run("--db", db, "servers", "list", "--json")
+    assert before.exit_code == 0, before.output
+    assert [r["name"] for r in json.loads(before.stdout)] == ["gpu1"]
+    assert run("--db", db, "servers", "add", "http://gpu2:1", "--name", "gpu2").exit_code == 0
+    assert [r["name"] for r in listing(db)] == ["gpu1", "gpu2"]
+    # the command's own --db wins over the group's, and over AICORTEX_DB
+    other = tmp_path / "other.db"
+    with Registry(other, seed=False) as reg:
+        reg.add("http://other:1", name="other")
+    monkeypatch.setenv("AICORTEX_DB", str(db))
+    result = run("--db", db, "servers", "list", "--json", "--db", other)
+    assert [r["name"] for r in json.loads(result.stdout)] == ["other"]
+    result = run("servers", "list", "--json", "--db", other)
+    assert [r["name"] for r in json.loads(result.stdout)] == ["other"]
+    assert [r["name"] for r in json.loads(run("servers", "list", "--json").stdout)] == ["gpu1", "gpu2"]
+    assert "--db PATH" in run("--help").stdout
+
+
+READ_COMMANDS = [
+    ("servers", "list"),
+    ("servers", "remove", "gpu1"),
+    ("servers", "enable", "gpu1"),
+    ("servers", "disable", "gpu1"),
+    ("refresh",),
+    ("models",),
+    ("models", "llama3.2"),
+    ("chat", "-m", "llama3.2", "hi"),
+    ("bench", "-m", "llama3.2"),
+]
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("where", ["after", "before", "env"])
+def test_read_commands_on_a_missing_registry_exit_1_and_create_nothing(tmp_path, monkeypatch, args, where):
+    path = tmp_path / "no" / "such" / "servers.db"
+    if where == "after":
+        result = run(*args, db=path)
+    elif where == "before":
+        result = run("--db", path, *args)
+    else:
+        monkeypatch.setenv("AICORTEX_DB", str(path))
+        result = run(*args)
+    assert result.exit_code == 1, result.output
+    assert f"no registry at {path}: add a server first with `aicortex servers add URL`" in one_line(result.stderr)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_url_as_db_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("servers", "add", "http://gpu1:11434", db="http://gpu1:11434")
+    assert result.exit_code == 1 and "is a server URL, not a registry file" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("chat", "-m", "", "hi"),
+        ("chat", "-m", "   ", "hi"),
+        ("chat", "--model=", "hi"),
+        ("bench", "-m", ""),
+        ("bench", "--model", " "),
+        ("models", ""),
+    ],
+)
+def test_empty_model_name_is_a_usage_error(two_fakes, db, args):
+    one, two = two_fakes
+    result = run(*args, db=db)
+    assert result.exit_code == 2, result.output
+    assert "model name is empty" in result.stderr and "-m llama3.2" in result.stderr
+    assert one.requests == [] and two.requests == []
+
+
+def test_empty_model_from_environment_is_a_usage_error(two_fakes, db, monkeypatch):
+    monkeypatch.setenv("AICORTEX_MODEL", "  ")
+    result = run("chat", "hi", db=db)
+    assert result.exit_code == 2 and "model name is empty" in result.stderr
+
+
+def test_model_name_is_trimmed(two_fakes, db):
+    result = run("chat", "-m", " llama3.2 ", "hi", db=db)
+    assert result.exit_code == 0, result.output
+    assert two_fakes[0].chat_requests[0].body["model"] == "llama3.2"
+
+
+# -- creating a registry: only `servers add`, and it says what it seeded ------------------------------
+def test_servers_add_on_a_new_registry_says_it_also_seeded(db_path):
+    result = run("servers", "add", "http://gpu1:11434", "--name", "gpu1", db=db_path)
+    assert result.exit_code == 0, result.output
+    message = one_line(result.stderr)
+    assert f"new registry {db_path}" in message and "127.0.0.1:11434" in message and "OLLAMA_HOST" in message
+    assert "servers remove 127.0.0.1:11434" in message and "--no-seed" in message
+    assert [r["url"] for r in listing(db_path)] == ["http://127.0.0.1:11434", "http://gpu1:11434"]
+    again = run("servers", "add", "http://gpu2:11434", db=db_path)  # not new any more: no notice
+    assert again.exit_code == 0 and again.stderr == ""
+
+
+def test_servers_add_seed_comes_from_ollama_host(db_path, monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "gpu9:8000")
+    result = run("servers", "add", "http://gpu1:11434", db=db_path)
+    assert result.exit_code == 0 and "http://gpu9:8000" in result.stderr
+    assert [r["url"] for r in listing(db_path)] == ["http://gpu9:8000", "http://gpu1:11434"]
+
+
+def test_servers_add_no_seed_registers_only_the_server(db_path):
+    result = run("servers", "add", "http://gpu1:11434", "--no-seed", db=db_path)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert [r["url"] for r in listing(db_path)] == ["http://gpu1:11434"]
+    assert run("models", db=db_path).exit_code in (0, 1)  # a read command never seeds later
+    assert [r["url"] for r in listing(db_path)] == ["http://gpu1:11434"]
+
+
+def test_servers_add_of_the_seed_url_on_a_new_registry_adds_it_as_asked(db_path):
+    result = run("servers", "add", "http://127.0.0.1:11434", "--name", "local", "--priority", "3", db=db_path)
+    assert result.exit_code == 0, result.output
+    assert "new registry" not in result.stderr
+    assert [(r["name"], r["priority"]) for r in listing(db_path)] == [("local", 3)]
+
+
+@pytest.mark.parametrize("url", ["ftp://gpu1", "http://user:s3cr3t@gpu1"])
+def test_servers_add_with_a_bad_url_creates_no_registry(tmp_path, url):
+    path = tmp_path / "new" / "servers.db"
+    result = run("servers", "add", url, db=path)
+    assert result.exit_code == 1 and result.stderr.startswith("Error: ")
+    assert "s3cr3t" not in result.output
+    assert not (tmp_path / "new").exists()
+
+
+# -- per-server headers by environment variable name ---------------------------------------------------
+def test_servers_add_header_env_stores_and_shows_names_never_values(db, monkeypatch):
+    monkeypatch.setenv("GPU1_TOKEN", "Bearer s3cr3t")
+    monkeypatch.setenv("GPU1_KEY", "k3y-value")
+    result = run("servers", "add", "http://gpu1:11434", "--name", "gpu1",
+                 "--header-env", "Authorization=GPU1_TOKEN", "--header-env", "X-Api-Key=GPU1_KEY", db=db)
+    assert result.exit_code == 0, result.output
+    assert "Authorization=$GPU1_TOKEN, X-Api-Key=$GPU1_KEY" in result.stdout
+    assert run("servers", "add", "http://gpu2:11434", "--name", "gpu2", db=db).exit_code == 0
+    table = run("servers", "list", db=db).stdout
+    assert "headers (from env)" in table.splitlines()[0]
+    assert "Authorization=$GPU1_TOKEN, X-Api-Key=$GPU1_KEY" in next(ln for ln in table.splitlines() if ln.startswith("gpu1 "))
+    rows = {r["name"]: r for r in listing(db)}
+    assert rows["gpu1"]["headers_env"] == {"Authorization": "GPU1_TOKEN", "X-Api-Key": "GPU1_KEY"}
+    assert rows["gpu2"]["headers_env"] == {}
+    everything = result.output + table + run("servers", "list", "--json", db=db).stdout
+    assert "s3cr3t" not in everything and "k3y-value" not in everything
+    assert b"s3cr3t" not in db.read_bytes()
+
+
+def test_servers_list_has_no_headers_column_when_no_server_has_one(db):
+    add(db, "http://gpu1:11434", "gpu1")
+    assert "headers" not in run("servers", "list", db=db).stdout
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("Authorization", "is not HEADER=ENV_VAR"),
+        ("Authorization=Bearer abc", "not a valid environment variable name"),
+        ("Bad Header=TOKEN", "not a valid HTTP header name"),
+        ("Authorization=", "not a valid environment variable name"),
+    ],
+)
+def test_servers_add_bad_header_env_is_a_usage_error(db, value, message):
+    result = run("servers", "add", "http://gpu1:11434", "--header-env", value, db=db)
+    assert result.exit_code == 2 and message in one_line(result.stderr)
+    assert listing(db) == []
+
+
+def test_servers_add_same_header_twice_is_a_usage_error(db):
+    result = run("servers", "add", "http://gpu1:11434", "--header-env", "Authorization=A",
+                 "--header-env", "authorization=B", db=db)
+    assert result.exit_code == 2 and "given twice" in result.stderr
+
+
 # -- refresh ----------------------------------------------------------------------------------
 def test_refresh_two_up_one_down(two_fakes, db):
     dead = closed_port_url()
