@@ -38,61 +38,133 @@ class NDJSONDecoder:
     """Incremental NDJSON decoder: ``feed(bytes) -> list[dict]``, then ``flush()``.
 
     Safe at any byte boundary (a line, or a UTF-8 character, may be split across
-    feeds), skips blank lines (``\\n`` or ``\\r\\n``), and caps the line length.
+    feeds), skips blank lines (``\\n`` or ``\\r\\n``), and caps the line length
+    (``max_line_bytes``, the running length of an unfinished line included). Time is
+    linear in the bytes fed, whatever the size of the pieces.
+
+    A bad line (not JSON, nested too deeply, not an object, over the cap) makes the
+    decoder *failed*, for good:
+
+    - the objects of the good lines before it in the same ``feed()`` are never lost:
+      if there are any, ``feed()`` returns them and does not raise; the error is kept
+      in :attr:`error` (and :attr:`failed` is true);
+    - ``feed()`` raises the ``ProtocolError`` itself only when it has no object to
+      return;
+    - once failed, every later ``feed()`` or ``flush()`` raises that same error.
+
+    So a caller handles the returned objects, then checks :attr:`failed` (rather than
+    waiting for the next read to raise)::
+
+        objs = decoder.feed(data)      # may raise ProtocolError (nothing decoded)
+        handle(objs)                   # the good lines, in order
+        if decoder.failed:
+            fail_attempt(decoder.error)
 
     Raises (both from ``feed`` and ``flush``):
-        ProtocolError: a line that is not a JSON object, or longer than ``max_line_bytes``.
+        ProtocolError: as above; a line that is not a JSON object, is nested too
+            deeply for the JSON parser, or is longer than ``max_line_bytes``.
     """
 
-    __slots__ = ("_buf", "_max", "_server")
+    __slots__ = ("_buf", "_max", "_server", "_error")
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES, server: str | None = None) -> None:
-        self._buf = b""
+        self._buf = bytearray()  # the unfinished last line; grows in place (amortised linear)
         self._max = max_line_bytes
         self._server = server
+        self._error: ProtocolError | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True once a bad line was met; every later ``feed()``/``flush()`` raises :attr:`error`."""
+        return self._error is not None
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The ``ProtocolError`` of the bad line, or ``None`` while the decoder is healthy."""
+        return self._error
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Add bytes; return the complete JSON objects they finish, in order."""
-        buf = self._buf + data if self._buf else data
+        """Add bytes; return the complete JSON objects they finish, in order.
+
+        Raises:
+            ProtocolError: a bad line with no good line before it in this call, or the
+                decoder had already failed (see the class docstring).
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
         if b"\n" not in data:
-            if len(buf) > self._max:
-                self._buf = b""
-                raise self._too_long(len(buf))
-            self._buf = buf
+            if data:
+                buf += data
+                if len(buf) > self._max:
+                    return self._fail(self._too_long(len(buf)), [])
             return []
-        *lines, self._buf = buf.split(b"\n")
-        if len(self._buf) > self._max:
-            raise self._too_long(len(self._buf))
-        out = []
+        if buf:
+            buf += data
+            lines = buf.split(b"\n")
+            buf.clear()
+        else:  # the hot path: whole lines, nothing pending
+            lines = data.split(b"\n")
+        tail = lines.pop()
+        out: list[dict[str, Any]] = []
+        limit, loads = self._max, json.loads
         for line in lines:
-            if len(line) > self._max:
-                raise self._too_long(len(line))
-            if line.strip():
-                out.append(self._decode(line))
+            if len(line) > limit:
+                return self._fail(self._too_long(len(line)), out)
+            try:
+                obj = loads(line.decode())  # str is cheaper for json than bytes (no encoding sniffing)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+                if not line.strip():
+                    continue  # a blank line (keep-alive whitespace)
+                return self._fail(self._malformed(line, exc, False), out)
+            if type(obj) is not dict:
+                return self._fail(self._not_object(line), out)
+            out.append(obj)
+        if tail:
+            if len(tail) > limit:
+                return self._fail(self._too_long(len(tail)), out)
+            buf += tail
         return out
 
     def flush(self) -> list[dict[str, Any]]:
         """End of input: decode a final unterminated line, if any.
 
         Raises:
-            ProtocolError: the tail is not a complete JSON object (a truncated line).
+            ProtocolError: the tail is not a complete JSON object (a truncated line),
+                or the decoder had already failed.
         """
-        tail, self._buf = self._buf, b""
+        if self._error is not None:
+            raise self._error
+        tail = bytes(self._buf)
+        self._buf.clear()
         if not tail.strip():
             return []
-        return [self._decode(tail, truncated=True)]
-
-    def _decode(self, line: bytes, truncated: bool = False) -> dict[str, Any]:
         try:
-            obj = json.loads(line.decode())  # str is cheaper for json than bytes (no encoding sniffing)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            what = "truncated NDJSON line at end of stream" if truncated else "malformed NDJSON line"
-            raise ProtocolError(f"{what}: {_preview(line)}", server=self._server) from exc
-        if not isinstance(obj, dict):
-            raise ProtocolError(
-                f"NDJSON line is not a JSON object: {_preview(line)}", server=self._server
-            )
-        return obj
+            obj = json.loads(tail.decode())
+        except (ValueError, RecursionError) as exc:
+            return self._fail(self._malformed(tail, exc, True), [])
+        if type(obj) is not dict:
+            return self._fail(self._not_object(tail), [])
+        return [obj]
+
+    def _fail(self, error: ProtocolError, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Become failed with ``error``; return ``out`` if it holds objects, else raise."""
+        self._error = error
+        self._buf = bytearray()
+        if out:
+            return out
+        raise error
+
+    def _malformed(self, line: bytes | bytearray, exc: BaseException, truncated: bool) -> ProtocolError:
+        what = "truncated NDJSON line at end of stream" if truncated else "malformed NDJSON line"
+        if isinstance(exc, RecursionError):
+            what = "NDJSON line nested too deeply to decode"
+        error = ProtocolError(f"{what}: {_preview(line)}", server=self._server)
+        error.__cause__ = exc
+        return error
+
+    def _not_object(self, line: bytes | bytearray) -> ProtocolError:
+        return ProtocolError(f"NDJSON line is not a JSON object: {_preview(line)}", server=self._server)
 
     def _too_long(self, size: int) -> ProtocolError:
         return ProtocolError(
@@ -100,8 +172,8 @@ class NDJSONDecoder:
         )
 
 
-def _preview(data: bytes, limit: int = 80) -> str:
-    text = data[:limit].decode("utf-8", "replace")
+def _preview(data: bytes | bytearray, limit: int = 80) -> str:
+    text = bytes(data[:limit]).decode("utf-8", "replace")
     return repr(text) + ("..." if len(data) > limit else "")
 
 
@@ -248,12 +320,15 @@ def continuation_messages(
 
 
 def error_text(body: bytes) -> str:
-    """The message of an Ollama error body ``{"error": "..."}``, else the body as text (≤ 500 chars)."""
+    """The message of an Ollama error body ``{"error": "..."}``, else the body as text (≤ 500 chars).
+
+    Never raises, whatever the bytes (not JSON, invalid UTF-8, nested too deeply).
+    """
     try:
         obj = json.loads(body)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
             return obj["error"]
-    except ValueError:
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
         pass
     text = body.decode("utf-8", "replace").strip()
     return text[:500] if text else "(empty body)"
@@ -270,7 +345,7 @@ def _json_object(data: bytes | Mapping[str, Any], what: str, server: str | None)
         return data
     try:
         obj = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
         raise ProtocolError(f"{what} reply is not JSON: {_preview(data)}", server=server) from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} reply is not a JSON object: {_preview(data)}", server=server)
