@@ -8,6 +8,7 @@ without sockets and shared by the sync and async drivers. Protocol facts cite
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -204,35 +205,87 @@ _USAGE_FIELDS = (
 )
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _count(value: Any) -> int | None:
+    """A server-reported count or duration as an ``int``, or ``None``.
+
+    Only a finite, non-negative number within int64 (Go's type for these fields) is
+    kept; NaN, infinities (``1e999``), huge or negative numbers, bools, strings and
+    other types become ``None``. Never raises.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value) if 0 <= value <= _INT64_MAX else None
+    if isinstance(value, float):  # NaN fails both comparisons; 2.0**63 is past int64
+        return int(value) if 0.0 <= value < 9.223372036854775807e18 else None
+    return None
+
+
+def _json_preview(obj: Any, limit: int = 80) -> str:
+    """A short JSON rendering of a decoded value for an error message; never raises."""
+    try:
+        text = json.dumps(obj)
+    except (ValueError, TypeError, RecursionError):  # nesting the encoder cannot follow
+        return f"<{type(obj).__name__}>"
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _error_value(err: Any, limit: int = 500) -> str:
+    """The text of an in-stream ``error`` value that is not a string (≤ ``limit`` chars)."""
+    try:
+        text = json.dumps(err, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):
+        return f"<{type(err).__name__}>"
+    return text[:limit]
+
+
+def _valid_tool_calls(calls: Any) -> bool:
+    """Ollama tool calls: a list of ``{"function": {"name": str, "arguments"?: object}}``."""
+    if not isinstance(calls, (list, tuple)):
+        return False
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            return False
+        if not isinstance(fn.get("arguments", {}), (dict, type(None))):
+            return False
+    return True
+
+
 def parse_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
-    """Interpret one decoded /api/chat line (ollama-protocol §1.1, §3.3).
+    """Interpret one decoded /api/chat line (ollama-protocol §1.1, §2.2, §3.3).
+
+    Usage figures of the ``done: true`` chunk that are not finite non-negative numbers
+    within int64 (NaN, ``1e999``, ``10**400``, negatives, bools, strings) become ``None``.
 
     Raises:
         ProtocolError: the line has none of ``error``, ``message`` or ``done``, or a
-            field of the wrong type.
+            field of the wrong type: ``message`` not an object, ``done`` not a bool,
+            ``content``/``thinking`` not strings, ``tool_calls`` not a list of
+            ``{"function": {"name": str, "arguments": object}}``.
     """
     err = obj.get("error")
     if err is not None:
-        return Chunk(error=str(err) if not isinstance(err, str) else err)
+        return Chunk(error=err if isinstance(err, str) else _error_value(err))
     message = obj.get("message")
     done = obj.get("done")
     if message is None and done is None:
-        raise ProtocolError(f"chat chunk without message or done: {_preview(json.dumps(obj).encode())}", server=server)
+        raise ProtocolError(f"chat chunk without message or done: {_json_preview(obj)}", server=server)
     if message is None:
         message = {}
     if not isinstance(message, dict) or not isinstance(done, (bool, type(None))):
-        raise ProtocolError(f"chat chunk with a malformed message/done: {_preview(json.dumps(obj).encode())}", server=server)
+        raise ProtocolError(f"chat chunk with a malformed message/done: {_json_preview(obj)}", server=server)
     content = message.get("content") or ""
     thinking = message.get("thinking") or ""
     calls = message.get("tool_calls") or ()
-    if not isinstance(content, str) or not isinstance(thinking, str) or not isinstance(calls, (list, tuple)):
-        raise ProtocolError(f"chat chunk with malformed message fields: {_preview(json.dumps(obj).encode())}", server=server)
+    if not isinstance(content, str) or not isinstance(thinking, str) or not _valid_tool_calls(calls):
+        raise ProtocolError(f"chat chunk with malformed message fields: {_json_preview(obj)}", server=server)
     usage = None
     if done:
-        values: dict[str, Any] = {}
-        for wire, name in _USAGE_FIELDS:
-            v = obj.get(wire)
-            values[name] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        values: dict[str, Any] = {name: _count(obj.get(wire)) for wire, name in _USAGE_FIELDS}
         reason = obj.get("done_reason")
         values["done_reason"] = reason if isinstance(reason, str) and reason else None
         usage = Usage(**values)
@@ -361,8 +414,32 @@ def _model_list(obj: Mapping[str, Any], what: str, server: str | None) -> list[M
     return [m for m in models if isinstance(m.get("name") or m.get("model"), str)]
 
 
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _details(value: Any) -> dict[str, Any]:
+    """Ollama's ``details`` object, keeping only flat fields (str, bool, finite number, null,
+    list of str): what Ollama sends, and bounded so the registry can always store it."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            continue
+        if isinstance(v, (str, bool, int, float, type(None))) or (
+            isinstance(v, list) and all(isinstance(x, str) for x in v)
+        ):
+            out[key] = v
+    return out
+
+
 def parse_tags(data: bytes | Mapping[str, Any], server: str | None = None) -> list[ModelEntry]:
     """Models from a GET /api/tags reply (ollama-protocol §1.3).
+
+    A ``size`` that is not a finite non-negative number within int64 becomes 0; a
+    ``digest``/``modified_at`` that is not a string ``""``; ``details`` keeps its flat
+    fields only (str, bool, finite number, null, list of str).
 
     Raises:
         ProtocolError: the body is not a JSON object with a ``models`` list.
@@ -370,15 +447,13 @@ def parse_tags(data: bytes | Mapping[str, Any], server: str | None = None) -> li
     obj = _json_object(data, "/api/tags", server)
     out = []
     for m in _model_list(obj, "/api/tags", server):
-        size = m.get("size")
-        details = m.get("details")
         out.append(
             ModelEntry(
                 name=m.get("name") or m["model"],
-                digest=str(m.get("digest") or ""),
-                size=int(size) if isinstance(size, (int, float)) else 0,
-                details=details if isinstance(details, dict) else {},
-                modified_at=str(m.get("modified_at") or ""),
+                digest=_string(m.get("digest")),
+                size=_count(m.get("size")) or 0,
+                details=_details(m.get("details")),
+                modified_at=_string(m.get("modified_at")),
             )
         )
     return out

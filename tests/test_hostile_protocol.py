@@ -154,3 +154,102 @@ def test_decoder_is_linear_in_tiny_pieces():
     cpu = time.thread_time() - t0
     assert len(out) == 1 and len(out[0]["message"]["content"]) == len(content)
     assert cpu < 2.5, f"{cpu:.2f} s of CPU for a 1 MiB line in 2-byte pieces"
+
+
+# -- 2. usage figures and model sizes ---------------------------------------------------------
+
+HOSTILE_NUMBERS = [b"1e999", b"-1e999", b"NaN", b"Infinity", b"-Infinity", b"1" + b"0" * 400, b"-5", b"-0.5",
+                   b"true", b"false", b'"12"', b"[1]", b"{}", b"9223372036854775808", b"9.3e18"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_NUMBERS, ids=lambda v: v.decode()[:12])
+def test_done_chunk_with_hostile_usage_numbers_never_raises(value):
+    line = (b'{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",'
+            b'"eval_count":%s,"eval_duration":%s,"prompt_eval_count":%s,"total_duration":%s,'
+            b'"load_duration":%s,"prompt_eval_duration":%s}\n' % ((value,) * 6))
+    [obj] = NDJSONDecoder().feed(line)
+    usage = parse_chunk(obj).usage
+    assert usage is not None and usage.done_reason == "stop"
+    assert usage.eval_count is None and usage.eval_duration_ns is None and usage.total_duration_ns is None
+    assert usage.tokens_per_second is None
+
+
+def test_done_chunk_keeps_valid_usage_numbers():
+    [obj] = NDJSONDecoder().feed(b'{"done":true,"eval_count":282,"eval_duration":4535599000.0,'
+                                 b'"prompt_eval_count":0,"total_duration":9223372036854775807}\n')
+    usage = parse_chunk(obj).usage
+    assert (usage.eval_count, usage.eval_duration_ns, usage.prompt_eval_count) == (282, 4535599000, 0)
+    assert usage.total_duration_ns == 2**63 - 1
+    assert usage.tokens_per_second == pytest.approx(282 / 4.535599)
+
+
+@pytest.mark.parametrize(
+    "count, duration",
+    [(10**400, 1), (1, 10**400), (math.inf, 1), (math.nan, 1), (1, math.nan), (-1, 5), (5, -1), ("5", 1), (True, 1),
+     (1e308, 1e-300)],
+    ids=lambda v: repr(v)[:12],
+)
+def test_usage_tokens_per_second_never_raises(count, duration):
+    rate = Usage(eval_count=count, eval_duration_ns=duration).tokens_per_second
+    assert rate is None or (isinstance(rate, float) and math.isfinite(rate))
+
+
+@pytest.mark.parametrize("size", HOSTILE_NUMBERS, ids=lambda v: v.decode()[:12])
+def test_parse_tags_hostile_size_is_zero(size):
+    [entry] = parse_tags(b'{"models":[{"name":"m:latest","size":%s,"digest":"abc"}]}' % size)
+    assert entry.size == 0 and entry.name == "m:latest" and entry.digest == "abc"
+
+
+def test_parse_tags_keeps_flat_details_and_drops_nested_or_non_finite_ones():
+    body = (b'{"models":[{"name":"m","size":42,"digest":[1],"modified_at":{"x":1},"details":{"family":"llama",'
+            b'"families":["llama"],"parameter_size":"3B","n":1,"bad":NaN,"deep":' + deep_array(500) + b"}}]}")
+    [entry] = parse_tags(body)
+    assert entry.size == 42 and entry.digest == "" and entry.modified_at == ""
+    assert entry.details == {"family": "llama", "families": ["llama"], "parameter_size": "3B", "n": 1}
+    json.dumps(dict(entry.details), allow_nan=False)  # storable as the registry stores it
+
+
+# -- parse_chunk: wrong types are ProtocolErrors, never foreign exceptions ------------------------
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"message": {"content": "x", "tool_calls": [1]}, "done": False},
+        {"message": {"content": "x", "tool_calls": [{"function": "f"}]}, "done": False},
+        {"message": {"content": "x", "tool_calls": [{"function": {"name": 3}}]}, "done": False},
+        {"message": {"content": "x", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}, "done": False},
+        {"message": {"content": "x", "tool_calls": {"function": {"name": "f"}}}, "done": False},
+        {"message": {"content": 5}, "done": False},
+        {"message": "hi", "done": False},
+        {"message": {"content": "x"}, "done": "yes"},
+        {"model": "m"},
+    ],
+)
+def test_parse_chunk_wrong_types_are_protocol_errors(obj):
+    with pytest.raises(ProtocolError):
+        parse_chunk(obj, server="http://s")
+
+
+def test_parse_chunk_accepts_ollama_tool_call_shapes():
+    call = {"id": "call_k3j2h1g0", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
+    chunk = parse_chunk({"message": {"role": "assistant", "content": "", "tool_calls": [call, {"function": {"name": "f"}}]},
+                         "done": False})
+    assert chunk.tool_calls == (call, {"function": {"name": "f"}})
+
+
+def test_parse_chunk_error_value_that_is_not_a_string_never_raises():
+    [obj] = NDJSONDecoder().feed(b'{"error": {"message": "boom", "code": 1}}\n')
+    assert parse_chunk(obj).error == '{"message": "boom", "code": 1}'
+    nested: list = []
+    for _ in range(5000):  # deeper than the JSON encoder (and repr) can follow
+        nested = [nested]
+    assert parse_chunk({"error": nested}).error == "<list>"
+
+
+def test_parse_chunk_error_message_of_an_unencodable_chunk_never_raises():
+    nested: dict = {}
+    for _ in range(5000):
+        nested = {"a": nested}
+    with pytest.raises(ProtocolError, match="without message or done"):
+        parse_chunk(nested)
