@@ -22,6 +22,7 @@ __all__ = [
     "parse_chunk",
     "build_messages",
     "build_chat_body",
+    "encode_body",
     "continuation_messages",
     "error_text",
     "model_key",
@@ -347,6 +348,76 @@ def build_chat_body(
     if think is not None:
         body["think"] = think
     return body
+
+
+_DUMPS_OPTIONS: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False}
+
+
+def _json_default(value: Any) -> Any:
+    """``json.dumps`` hook: a Mapping that is not a dict is encoded as one."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """A request body as compact UTF-8 JSON bytes (``{"model":...,"messages":[...]}``).
+
+    Strings go out as UTF-8; a string with a lone surrogate (e.g. ``"\\ud800"`` from a
+    server's token, sent back as prefill) makes the whole body ASCII with ``\\u``
+    escapes instead, which is still valid JSON (Go decodes the escape to U+FFFD).
+    Mappings that are not dicts are encoded as objects.
+
+    Raises:
+        ConfigError: a value JSON cannot carry: a non-serializable object (a set, a
+            custom class), NaN or an infinite float, a circular reference, a key that
+            is not a str/int/float/bool/None, or nesting too deep to encode. The
+            message names the field (e.g. ``options.x``) and what to pass instead.
+    """
+    try:
+        text = json.dumps(body, ensure_ascii=False, default=_json_default, **_DUMPS_OPTIONS)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(_unencodable(body, exc)) from exc
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: escape every non-ASCII character
+        return json.dumps(body, ensure_ascii=True, default=_json_default, **_DUMPS_OPTIONS).encode()
+
+
+def _unencodable(body: Any, exc: BaseException) -> str:
+    """Why ``body`` cannot be JSON: the first bad field's path and what to pass instead."""
+    hint = "pass str, int, float (finite), bool, None, list or dict values"
+    deep = f"is nested too deeply to encode as JSON, or refers back to itself; {hint}"
+    stack: list[tuple[str, Any, int]] = [("", body, 0)]
+    budget = 100_000  # values looked at; the walk runs only after json.dumps failed
+    while stack and budget > 0:
+        budget -= 1
+        path, value, depth = stack.pop()
+        where = path or "request body"
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return f"request field {where} is {value!r}: JSON has no NaN or infinity; pass a finite number"
+            continue
+        if value is None or isinstance(value, (str, int)):
+            continue
+        if isinstance(value, (list, tuple, Mapping)):
+            if depth > 200:
+                return f"request field {where} {deep}"
+            if isinstance(value, Mapping):
+                items = []
+                for key, item in value.items():
+                    if key is not None and not isinstance(key, (str, int, float)):
+                        return f"request field {where} has a {type(key).__name__} key {key!r}; use str keys"
+                    items.append((f"{path}.{key}" if path else str(key), item, depth + 1))
+            else:
+                items = [(f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value)]
+            stack.extend(reversed(items))
+            continue
+        extra = " (pass a list instead of a set)" if isinstance(value, (set, frozenset)) else ""
+        return f"request field {where} is of type {type(value).__name__}, which JSON cannot carry{extra}; {hint}"
+    if isinstance(exc, RecursionError) or "ircular" in str(exc):
+        return f"request body {deep}"
+    return f"request body cannot be encoded as JSON ({exc}); {hint}"
 
 
 def continuation_messages(

@@ -12,6 +12,9 @@ from aicortex._models import Usage
 from aicortex._protocol import (
     MAX_LINE_BYTES,
     NDJSONDecoder,
+    build_chat_body,
+    continuation_messages,
+    encode_body,
     error_text,
     parse_chunk,
     parse_ps,
@@ -253,3 +256,66 @@ def test_parse_chunk_error_message_of_an_unencodable_chunk_never_raises():
         nested = {"a": nested}
     with pytest.raises(ProtocolError, match="without message or done"):
         parse_chunk(nested)
+
+
+# -- 3. request bodies ----------------------------------------------------------------------
+
+
+def test_encode_body_is_compact_utf8_json():
+    body = build_chat_body("m", [{"role": "user", "content": "café ☕"}], options={"temperature": 0.5})
+    data = encode_body(body)
+    assert data == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    assert "café ☕".encode() in data and json.loads(data) == body
+
+
+def test_encode_body_lone_surrogate_falls_back_to_ascii_escapes():
+    # A server sent the token "\ud800"; it comes back as prefill. UTF-8 cannot carry it.
+    body = build_chat_body("m", continuation_messages([{"role": "user", "content": "é"}], "ab\ud800"))
+    data = encode_body(body)
+    assert data.isascii() and b"\\ud800" in data and b"\\u00e9" in data
+    assert json.loads(data) == body
+
+
+def test_encode_body_encodes_non_dict_mappings():
+    from types import MappingProxyType
+
+    body = {"model": "m", "format": MappingProxyType({"type": "object"}), "tools": (MappingProxyType({"a": 1}),)}
+    assert json.loads(encode_body(body)) == {"model": "m", "format": {"type": "object"}, "tools": [{"a": 1}]}
+
+
+@pytest.mark.parametrize(
+    "options, field, advice",
+    [
+        ({"x": object()}, "options.x", "JSON cannot carry"),
+        ({"stop": {"a", "b"}}, "options.stop", "pass a list"),
+        ({"temperature": math.nan}, "options.temperature", "finite number"),
+        ({"temperature": math.inf}, "options.temperature", "finite number"),
+        ({"stop": ["a", b"b"]}, "options.stop[1]", "JSON cannot carry"),
+        ({(1, 2): 3}, "options", "use str keys"),
+    ],
+    ids=["object", "set", "nan", "inf", "bytes", "tuple-key"],
+)
+def test_encode_body_unencodable_caller_input_is_config_error_naming_the_field(options, field, advice):
+    body = build_chat_body("m", [{"role": "user", "content": "hi"}], options=options)
+    with pytest.raises(ConfigError) as info:
+        encode_body(body)
+    assert field in str(info.value) and advice in str(info.value)
+
+
+def test_encode_body_circular_or_too_deep_input_is_config_error():
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(ConfigError, match="refers back to itself"):
+        encode_body({"model": "m", "options": loop})
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        encode_body({"model": "m", "format": deep})
+
+
+def test_encode_body_shared_values_are_not_mistaken_for_cycles():
+    shared = {"type": "function", "function": {"name": "f"}}
+    body = {"model": "m", "tools": [shared, shared], "options": {"seed": math.nan}}
+    with pytest.raises(ConfigError, match="options.seed is nan"):
+        encode_body(body)
