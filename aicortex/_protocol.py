@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -17,6 +18,7 @@ from ._models import ModelEntry, Usage
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "MAX_DEPTH",
     "NDJSONDecoder",
     "Chunk",
     "parse_chunk",
@@ -34,6 +36,32 @@ __all__ = [
 #: Longest NDJSON line accepted, in bytes (1 MiB). A token chunk is ~150 bytes; a final
 #: chunk with big tool calls a few KiB. Longer lines are a protocol error, not memory use.
 MAX_LINE_BYTES = 1 << 20
+
+#: Deepest nesting of arrays/objects decoded (Ollama's chunks nest about 5 deep). Deeper
+#: is a protocol error found before ``json.loads`` recurses: at the interpreter's
+#: recursion limit it raises RecursionError, and anything that runs meanwhile (a GC
+#: finalizer, a logging hook) fails too.
+MAX_DEPTH = 256
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(data: bytes | bytearray) -> bool:
+    """Whether JSON text nests arrays/objects deeper than :data:`MAX_DEPTH` (strings skipped).
+
+    Linear time; a line with few brackets costs two ``count`` calls.
+    """
+    if len(data) <= MAX_DEPTH or data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for b in _STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        if b == 91 or b == 123:  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 class NDJSONDecoder:
@@ -111,8 +139,11 @@ class NDJSONDecoder:
         out: list[dict[str, Any]] = []
         limit, loads = self._max, json.loads
         for line in lines:
-            if len(line) > limit:
-                return self._fail(self._too_long(len(line)), out)
+            n = len(line)
+            if n > limit:
+                return self._fail(self._too_long(n), out)
+            if n > MAX_DEPTH and _too_deep(line):  # a short line cannot be too deep
+                return self._fail(self._nested(line), out)
             try:
                 obj = loads(line.decode())  # str is cheaper for json than bytes (no encoding sniffing)
             except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
@@ -141,6 +172,8 @@ class NDJSONDecoder:
         self._buf.clear()
         if not tail.strip():
             return []
+        if _too_deep(tail):
+            return self._fail(self._nested(tail), [])
         try:
             obj = json.loads(tail.decode())
         except (ValueError, RecursionError) as exc:
@@ -159,11 +192,16 @@ class NDJSONDecoder:
 
     def _malformed(self, line: bytes | bytearray, exc: BaseException, truncated: bool) -> ProtocolError:
         what = "truncated NDJSON line at end of stream" if truncated else "malformed NDJSON line"
-        if isinstance(exc, RecursionError):
+        if isinstance(exc, RecursionError):  # only with a recursion limit near MAX_DEPTH
             what = "NDJSON line nested too deeply to decode"
         error = ProtocolError(f"{what}: {_preview(line)}", server=self._server)
         error.__cause__ = exc
         return error
+
+    def _nested(self, line: bytes | bytearray) -> ProtocolError:
+        return ProtocolError(
+            f"NDJSON line nested too deeply (over {MAX_DEPTH} levels): {_preview(line)}", server=self._server
+        )
 
     def _not_object(self, line: bytes | bytearray) -> ProtocolError:
         return ProtocolError(f"NDJSON line is not a JSON object: {_preview(line)}", server=self._server)
@@ -449,7 +487,7 @@ def error_text(body: bytes) -> str:
     Never raises, whatever the bytes (not JSON, invalid UTF-8, nested too deeply).
     """
     try:
-        obj = json.loads(body)
+        obj = None if _too_deep(body) else json.loads(body)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
             return obj["error"]
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
@@ -467,6 +505,8 @@ def model_key(name: str) -> str:
 def _json_object(data: bytes | Mapping[str, Any], what: str, server: str | None) -> Mapping[str, Any]:
     if isinstance(data, Mapping):
         return data
+    if _too_deep(data):
+        raise ProtocolError(f"{what} reply is nested too deeply: {_preview(data)}", server=server)
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting

@@ -10,6 +10,7 @@ import pytest
 from aicortex import AICortexError, ConfigError, ProtocolError
 from aicortex._models import Usage
 from aicortex._protocol import (
+    MAX_DEPTH,
     MAX_LINE_BYTES,
     NDJSONDecoder,
     build_chat_body,
@@ -41,6 +42,37 @@ def test_decoder_deeply_nested_line_is_protocol_error():
         dec.feed(deep_array() + b"\n")
     assert info.value.server == "http://s"
     assert dec.failed
+
+
+@pytest.mark.parametrize("line", [b"[" * 300, b'{"a":' * 300, b'{"message":{"content":"x","tool_calls":' + deep_array(300) + b"}}"],
+                         ids=["open-arrays", "open-objects", "tool-calls"])
+def test_decoder_rejects_nesting_past_max_depth_without_recursing(line, monkeypatch):
+    # Found before json.loads recurses to the interpreter's limit (where a GC finalizer
+    # running meanwhile fails too): json.loads is never called for such a line.
+    import aicortex._protocol as protocol
+
+    def loads(*args, **kwargs):
+        raise AssertionError("json.loads called on a line nested past MAX_DEPTH")
+
+    monkeypatch.setattr(protocol.json, "loads", loads)
+    with pytest.raises(ProtocolError, match=f"over {MAX_DEPTH} levels"):
+        NDJSONDecoder().feed(line + b"\n")
+    with pytest.raises(ProtocolError):
+        d = NDJSONDecoder()
+        d.feed(line)
+        d.flush()
+    assert error_text(b'{"error":' + line) .startswith('{"error":')
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        parse_version(line)
+
+
+def test_decoder_accepts_nesting_up_to_max_depth_and_brackets_inside_strings():
+    args = b"[" * (MAX_DEPTH - 6) + b"]" * (MAX_DEPTH - 6)  # 6 levels around it: exactly MAX_DEPTH
+    line = b'{"message":{"content":"' + b"[{" * 5000 + b'\\"[","tool_calls":[{"function":{"name":"f","arguments":{"a":' + args + b'}}}]},"done":false}\n'
+    [obj] = NDJSONDecoder().feed(line)
+    assert obj["message"]["content"].startswith("[{[{")
+    many = b'{"message":{"content":""},"x":[' + b",".join([b"[1]"] * 5000) + b"]}\n"
+    assert len(NDJSONDecoder().feed(many)[0]["x"]) == 5000
 
 
 def test_decoder_deeply_nested_error_value_is_protocol_error():
@@ -205,7 +237,7 @@ def test_parse_tags_hostile_size_is_zero(size):
 
 def test_parse_tags_keeps_flat_details_and_drops_nested_or_non_finite_ones():
     body = (b'{"models":[{"name":"m","size":42,"digest":[1],"modified_at":{"x":1},"details":{"family":"llama",'
-            b'"families":["llama"],"parameter_size":"3B","n":1,"bad":NaN,"deep":' + deep_array(500) + b"}}]}")
+            b'"families":["llama"],"parameter_size":"3B","n":1,"bad":NaN,"deep":' + deep_array(100) + b"}}]}")
     [entry] = parse_tags(body)
     assert entry.size == 42 and entry.digest == "" and entry.modified_at == ""
     assert entry.details == {"family": "llama", "families": ["llama"], "parameter_size": "3B", "n": 1}
