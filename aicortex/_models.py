@@ -6,6 +6,7 @@ reports durations), timestamps are Unix seconds (float, ``time.time()``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -84,10 +85,19 @@ class Usage:
 
     @property
     def tokens_per_second(self) -> float | None:
-        """Server-reported generation speed: ``eval_count / eval_duration`` (tokens/s)."""
-        if not self.eval_count or not self.eval_duration_ns:
+        """Server-reported generation speed: ``eval_count / eval_duration`` (tokens/s).
+
+        ``None`` unless both are positive numbers giving a finite rate; never raises,
+        whatever the fields hold.
+        """
+        count, duration_ns = self.eval_count, self.eval_duration_ns
+        try:
+            if not (count > 0 and duration_ns > 0):  # None, 0, NaN, negatives
+                return None
+            rate = float(count / (duration_ns / 1e9))
+            return rate if math.isfinite(rate) else None
+        except (TypeError, ValueError, ArithmeticError):  # a str; ints past float range
             return None
-        return self.eval_count / (self.eval_duration_ns / 1e9)
 
 
 @dataclass(frozen=True)

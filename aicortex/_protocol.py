@@ -8,6 +8,8 @@ without sockets and shared by the sync and async drivers. Protocol facts cite
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -16,11 +18,13 @@ from ._models import ModelEntry, Usage
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "MAX_DEPTH",
     "NDJSONDecoder",
     "Chunk",
     "parse_chunk",
     "build_messages",
     "build_chat_body",
+    "encode_body",
     "continuation_messages",
     "error_text",
     "model_key",
@@ -34,66 +38,174 @@ __all__ = [
 #: chunk with big tool calls a few KiB. Longer lines are a protocol error, not memory use.
 MAX_LINE_BYTES = 1 << 20
 
+#: Deepest nesting of arrays/objects decoded (Ollama's chunks nest about 5 deep). Deeper
+#: is a protocol error found before ``json.loads`` recurses: at the interpreter's
+#: recursion limit it raises RecursionError, and anything that runs meanwhile (a GC
+#: finalizer, a logging hook) fails too.
+MAX_DEPTH = 256
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(data: bytes | bytearray) -> bool:
+    """Whether JSON text nests arrays/objects deeper than :data:`MAX_DEPTH` (strings skipped).
+
+    Linear time; a line with few brackets costs two ``count`` calls.
+    """
+    if len(data) <= MAX_DEPTH or data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for b in _STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        if b == 91 or b == 123:  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
 
 class NDJSONDecoder:
     """Incremental NDJSON decoder: ``feed(bytes) -> list[dict]``, then ``flush()``.
 
     Safe at any byte boundary (a line, or a UTF-8 character, may be split across
-    feeds), skips blank lines (``\\n`` or ``\\r\\n``), and caps the line length.
+    feeds), skips blank lines (``\\n`` or ``\\r\\n``), and caps the line length
+    (``max_line_bytes``, the running length of an unfinished line included). Time is
+    linear in the bytes fed, whatever the size of the pieces.
+
+    A bad line (not JSON, nested too deeply, not an object, over the cap) makes the
+    decoder *failed*, for good:
+
+    - the objects of the good lines before it in the same ``feed()`` are never lost:
+      if there are any, ``feed()`` returns them and does not raise; the error is kept
+      in :attr:`error` (and :attr:`failed` is true);
+    - ``feed()`` raises the ``ProtocolError`` itself only when it has no object to
+      return;
+    - once failed, every later ``feed()`` or ``flush()`` raises that same error.
+
+    So a caller handles the returned objects, then checks :attr:`failed` (rather than
+    waiting for the next read to raise)::
+
+        objs = decoder.feed(data)      # may raise ProtocolError (nothing decoded)
+        handle(objs)                   # the good lines, in order
+        if decoder.failed:
+            fail_attempt(decoder.error)
 
     Raises (both from ``feed`` and ``flush``):
-        ProtocolError: a line that is not a JSON object, or longer than ``max_line_bytes``.
+        ProtocolError: as above; a line that is not a JSON object, is nested too
+            deeply for the JSON parser, or is longer than ``max_line_bytes``.
     """
 
-    __slots__ = ("_buf", "_max", "_server")
+    __slots__ = ("_buf", "_max", "_server", "_error")
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES, server: str | None = None) -> None:
-        self._buf = b""
+        self._buf = bytearray()  # the unfinished last line; grows in place (amortised linear)
         self._max = max_line_bytes
         self._server = server
+        self._error: ProtocolError | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True once a bad line was met; every later ``feed()``/``flush()`` raises :attr:`error`."""
+        return self._error is not None
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The ``ProtocolError`` of the bad line, or ``None`` while the decoder is healthy."""
+        return self._error
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Add bytes; return the complete JSON objects they finish, in order."""
-        buf = self._buf + data if self._buf else data
+        """Add bytes; return the complete JSON objects they finish, in order.
+
+        Raises:
+            ProtocolError: a bad line with no good line before it in this call, or the
+                decoder had already failed (see the class docstring).
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
         if b"\n" not in data:
-            if len(buf) > self._max:
-                self._buf = b""
-                raise self._too_long(len(buf))
-            self._buf = buf
+            if data:
+                buf += data
+                if len(buf) > self._max:
+                    return self._fail(self._too_long(len(buf)), [])
             return []
-        *lines, self._buf = buf.split(b"\n")
-        if len(self._buf) > self._max:
-            raise self._too_long(len(self._buf))
-        out = []
+        if buf:
+            buf += data
+            lines = buf.split(b"\n")
+            buf.clear()
+        else:  # the hot path: whole lines, nothing pending
+            lines = data.split(b"\n")
+        tail = lines.pop()
+        out: list[dict[str, Any]] = []
+        limit, loads = self._max, json.loads
         for line in lines:
-            if len(line) > self._max:
-                raise self._too_long(len(line))
-            if line.strip():
-                out.append(self._decode(line))
+            n = len(line)
+            if n > limit:
+                return self._fail(self._too_long(n), out)
+            if n > MAX_DEPTH and _too_deep(line):  # a short line cannot be too deep
+                return self._fail(self._nested(line), out)
+            try:
+                obj = loads(line.decode())  # str is cheaper for json than bytes (no encoding sniffing)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+                if not line.strip():
+                    continue  # a blank line (keep-alive whitespace)
+                return self._fail(self._malformed(line, exc, False), out)
+            if type(obj) is not dict:
+                return self._fail(self._not_object(line), out)
+            out.append(obj)
+        if tail:
+            if len(tail) > limit:
+                return self._fail(self._too_long(len(tail)), out)
+            buf += tail
         return out
 
     def flush(self) -> list[dict[str, Any]]:
         """End of input: decode a final unterminated line, if any.
 
         Raises:
-            ProtocolError: the tail is not a complete JSON object (a truncated line).
+            ProtocolError: the tail is not a complete JSON object (a truncated line),
+                or the decoder had already failed.
         """
-        tail, self._buf = self._buf, b""
+        if self._error is not None:
+            raise self._error
+        tail = bytes(self._buf)
+        self._buf.clear()
         if not tail.strip():
             return []
-        return [self._decode(tail, truncated=True)]
-
-    def _decode(self, line: bytes, truncated: bool = False) -> dict[str, Any]:
+        if _too_deep(tail):
+            return self._fail(self._nested(tail), [])
         try:
-            obj = json.loads(line.decode())  # str is cheaper for json than bytes (no encoding sniffing)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            what = "truncated NDJSON line at end of stream" if truncated else "malformed NDJSON line"
-            raise ProtocolError(f"{what}: {_preview(line)}", server=self._server) from exc
-        if not isinstance(obj, dict):
-            raise ProtocolError(
-                f"NDJSON line is not a JSON object: {_preview(line)}", server=self._server
-            )
-        return obj
+            obj = json.loads(tail.decode())
+        except (ValueError, RecursionError) as exc:
+            return self._fail(self._malformed(tail, exc, True), [])
+        if type(obj) is not dict:
+            return self._fail(self._not_object(tail), [])
+        return [obj]
+
+    def _fail(self, error: ProtocolError, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Become failed with ``error``; return ``out`` if it holds objects, else raise."""
+        self._error = error
+        self._buf = bytearray()
+        if out:
+            return out
+        raise error
+
+    def _malformed(self, line: bytes | bytearray, exc: BaseException, truncated: bool) -> ProtocolError:
+        what = "truncated NDJSON line at end of stream" if truncated else "malformed NDJSON line"
+        if isinstance(exc, RecursionError):  # only with a recursion limit near MAX_DEPTH
+            what = "NDJSON line nested too deeply to decode"
+        error = ProtocolError(f"{what}: {_preview(line)}", server=self._server)
+        error.__cause__ = exc
+        return error
+
+    def _nested(self, line: bytes | bytearray) -> ProtocolError:
+        return ProtocolError(
+            f"NDJSON line nested too deeply (over {MAX_DEPTH} levels): {_preview(line)}", server=self._server
+        )
+
+    def _not_object(self, line: bytes | bytearray) -> ProtocolError:
+        return ProtocolError(f"NDJSON line is not a JSON object: {_preview(line)}", server=self._server)
 
     def _too_long(self, size: int) -> ProtocolError:
         return ProtocolError(
@@ -101,8 +213,8 @@ class NDJSONDecoder:
         )
 
 
-def _preview(data: bytes, limit: int = 80) -> str:
-    text = data[:limit].decode("utf-8", "replace")
+def _preview(data: bytes | bytearray, limit: int = 80) -> str:
+    text = bytes(data[:limit]).decode("utf-8", "replace")
     return repr(text) + ("..." if len(data) > limit else "")
 
 
@@ -133,35 +245,87 @@ _USAGE_FIELDS = (
 )
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _count(value: Any) -> int | None:
+    """A server-reported count or duration as an ``int``, or ``None``.
+
+    Only a finite, non-negative number within int64 (Go's type for these fields) is
+    kept; NaN, infinities (``1e999``), huge or negative numbers, bools, strings and
+    other types become ``None``. Never raises.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value) if 0 <= value <= _INT64_MAX else None
+    if isinstance(value, float):  # NaN fails both comparisons; 2.0**63 is past int64
+        return int(value) if 0.0 <= value < 9.223372036854775807e18 else None
+    return None
+
+
+def _json_preview(obj: Any, limit: int = 80) -> str:
+    """A short JSON rendering of a decoded value for an error message; never raises."""
+    try:
+        text = json.dumps(obj)
+    except (ValueError, TypeError, RecursionError):  # nesting the encoder cannot follow
+        return f"<{type(obj).__name__}>"
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _error_value(err: Any, limit: int = 500) -> str:
+    """The text of an in-stream ``error`` value that is not a string (≤ ``limit`` chars)."""
+    try:
+        text = json.dumps(err, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):
+        return f"<{type(err).__name__}>"
+    return text[:limit]
+
+
+def _valid_tool_calls(calls: Any) -> bool:
+    """Ollama tool calls: a list of ``{"function": {"name": str, "arguments"?: object}}``."""
+    if not isinstance(calls, (list, tuple)):
+        return False
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            return False
+        if not isinstance(fn.get("arguments", {}), (dict, type(None))):
+            return False
+    return True
+
+
 def parse_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
-    """Interpret one decoded /api/chat line (ollama-protocol §1.1, §3.3).
+    """Interpret one decoded /api/chat line (ollama-protocol §1.1, §2.2, §3.3).
+
+    Usage figures of the ``done: true`` chunk that are not finite non-negative numbers
+    within int64 (NaN, ``1e999``, ``10**400``, negatives, bools, strings) become ``None``.
 
     Raises:
         ProtocolError: the line has none of ``error``, ``message`` or ``done``, or a
-            field of the wrong type.
+            field of the wrong type: ``message`` not an object, ``done`` not a bool,
+            ``content``/``thinking`` not strings, ``tool_calls`` not a list of
+            ``{"function": {"name": str, "arguments": object}}``.
     """
     err = obj.get("error")
     if err is not None:
-        return Chunk(error=str(err) if not isinstance(err, str) else err)
+        return Chunk(error=err if isinstance(err, str) else _error_value(err))
     message = obj.get("message")
     done = obj.get("done")
     if message is None and done is None:
-        raise ProtocolError(f"chat chunk without message or done: {_preview(json.dumps(obj).encode())}", server=server)
+        raise ProtocolError(f"chat chunk without message or done: {_json_preview(obj)}", server=server)
     if message is None:
         message = {}
     if not isinstance(message, dict) or not isinstance(done, (bool, type(None))):
-        raise ProtocolError(f"chat chunk with a malformed message/done: {_preview(json.dumps(obj).encode())}", server=server)
+        raise ProtocolError(f"chat chunk with a malformed message/done: {_json_preview(obj)}", server=server)
     content = message.get("content") or ""
     thinking = message.get("thinking") or ""
     calls = message.get("tool_calls") or ()
-    if not isinstance(content, str) or not isinstance(thinking, str) or not isinstance(calls, (list, tuple)):
-        raise ProtocolError(f"chat chunk with malformed message fields: {_preview(json.dumps(obj).encode())}", server=server)
+    if not isinstance(content, str) or not isinstance(thinking, str) or not _valid_tool_calls(calls):
+        raise ProtocolError(f"chat chunk with malformed message fields: {_json_preview(obj)}", server=server)
     usage = None
     if done:
-        values: dict[str, Any] = {}
-        for wire, name in _USAGE_FIELDS:
-            v = obj.get(wire)
-            values[name] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        values: dict[str, Any] = {name: _count(obj.get(wire)) for wire, name in _USAGE_FIELDS}
         reason = obj.get("done_reason")
         values["done_reason"] = reason if isinstance(reason, str) and reason else None
         usage = Usage(**values)
@@ -225,6 +389,76 @@ def build_chat_body(
     return body
 
 
+_DUMPS_OPTIONS: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False}
+
+
+def _json_default(value: Any) -> Any:
+    """``json.dumps`` hook: a Mapping that is not a dict is encoded as one."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """A request body as compact UTF-8 JSON bytes (``{"model":...,"messages":[...]}``).
+
+    Strings go out as UTF-8; a string with a lone surrogate (e.g. ``"\\ud800"`` from a
+    server's token, sent back as prefill) makes the whole body ASCII with ``\\u``
+    escapes instead, which is still valid JSON (Go decodes the escape to U+FFFD).
+    Mappings that are not dicts are encoded as objects.
+
+    Raises:
+        ConfigError: a value JSON cannot carry: a non-serializable object (a set, a
+            custom class), NaN or an infinite float, a circular reference, a key that
+            is not a str/int/float/bool/None, or nesting too deep to encode. The
+            message names the field (e.g. ``options.x``) and what to pass instead.
+    """
+    try:
+        text = json.dumps(body, ensure_ascii=False, default=_json_default, **_DUMPS_OPTIONS)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(_unencodable(body, exc)) from exc
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: escape every non-ASCII character
+        return json.dumps(body, ensure_ascii=True, default=_json_default, **_DUMPS_OPTIONS).encode()
+
+
+def _unencodable(body: Any, exc: BaseException) -> str:
+    """Why ``body`` cannot be JSON: the first bad field's path and what to pass instead."""
+    hint = "pass str, int, float (finite), bool, None, list or dict values"
+    deep = f"is nested too deeply to encode as JSON, or refers back to itself; {hint}"
+    stack: list[tuple[str, Any, int]] = [("", body, 0)]
+    budget = 100_000  # values looked at; the walk runs only after json.dumps failed
+    while stack and budget > 0:
+        budget -= 1
+        path, value, depth = stack.pop()
+        where = path or "request body"
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return f"request field {where} is {value!r}: JSON has no NaN or infinity; pass a finite number"
+            continue
+        if value is None or isinstance(value, (str, int)):
+            continue
+        if isinstance(value, (list, tuple, Mapping)):
+            if depth > 200:
+                return f"request field {where} {deep}"
+            if isinstance(value, Mapping):
+                items = []
+                for key, item in value.items():
+                    if key is not None and not isinstance(key, (str, int, float)):
+                        return f"request field {where} has a {type(key).__name__} key {key!r}; use str keys"
+                    items.append((f"{path}.{key}" if path else str(key), item, depth + 1))
+            else:
+                items = [(f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value)]
+            stack.extend(reversed(items))
+            continue
+        extra = " (pass a list instead of a set)" if isinstance(value, (set, frozenset)) else ""
+        return f"request field {where} is of type {type(value).__name__}, which JSON cannot carry{extra}; {hint}"
+    if isinstance(exc, RecursionError) or "ircular" in str(exc):
+        return f"request body {deep}"
+    return f"request body cannot be encoded as JSON ({exc}); {hint}"
+
+
 def continuation_messages(
     messages: Sequence[Mapping[str, Any]], partial_text: str, partial_thinking: str = ""
 ) -> list[dict[str, Any]]:
@@ -249,12 +483,15 @@ def continuation_messages(
 
 
 def error_text(body: bytes) -> str:
-    """The message of an Ollama error body ``{"error": "..."}``, else the body as text (≤ 500 chars)."""
+    """The message of an Ollama error body ``{"error": "..."}``, else the body as text (≤ 500 chars).
+
+    Never raises, whatever the bytes (not JSON, invalid UTF-8, nested too deeply).
+    """
     try:
-        obj = json.loads(body)
+        obj = None if _too_deep(body) else json.loads(body)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
             return obj["error"]
-    except ValueError:
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
         pass
     text = body.decode("utf-8", "replace").strip()
     return text[:500] if text else "(empty body)"
@@ -269,9 +506,11 @@ def model_key(name: str) -> str:
 def _json_object(data: bytes | Mapping[str, Any], what: str, server: str | None) -> Mapping[str, Any]:
     if isinstance(data, Mapping):
         return data
+    if _too_deep(data):
+        raise ProtocolError(f"{what} reply is nested too deeply: {_preview(data)}", server=server)
     try:
         obj = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
         raise ProtocolError(f"{what} reply is not JSON: {_preview(data)}", server=server) from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} reply is not a JSON object: {_preview(data)}", server=server)
@@ -287,8 +526,32 @@ def _model_list(obj: Mapping[str, Any], what: str, server: str | None) -> list[M
     return [m for m in models if isinstance(m.get("name") or m.get("model"), str)]
 
 
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _details(value: Any) -> dict[str, Any]:
+    """Ollama's ``details`` object, keeping only flat fields (str, bool, finite number, null,
+    list of str): what Ollama sends, and bounded so the registry can always store it."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            continue
+        if isinstance(v, (str, bool, int, float, type(None))) or (
+            isinstance(v, list) and all(isinstance(x, str) for x in v)
+        ):
+            out[key] = v
+    return out
+
+
 def parse_tags(data: bytes | Mapping[str, Any], server: str | None = None) -> list[ModelEntry]:
     """Models from a GET /api/tags reply (ollama-protocol §1.3).
+
+    A ``size`` that is not a finite non-negative number within int64 becomes 0; a
+    ``digest``/``modified_at`` that is not a string ``""``; ``details`` keeps its flat
+    fields only (str, bool, finite number, null, list of str).
 
     Raises:
         ProtocolError: the body is not a JSON object with a ``models`` list.
@@ -296,15 +559,13 @@ def parse_tags(data: bytes | Mapping[str, Any], server: str | None = None) -> li
     obj = _json_object(data, "/api/tags", server)
     out = []
     for m in _model_list(obj, "/api/tags", server):
-        size = m.get("size")
-        details = m.get("details")
         out.append(
             ModelEntry(
                 name=m.get("name") or m["model"],
-                digest=str(m.get("digest") or ""),
-                size=int(size) if isinstance(size, (int, float)) else 0,
-                details=details if isinstance(details, dict) else {},
-                modified_at=str(m.get("modified_at") or ""),
+                digest=_string(m.get("digest")),
+                size=_count(m.get("size")) or 0,
+                details=_details(m.get("details")),
+                modified_at=_string(m.get("modified_at")),
             )
         )
     return out

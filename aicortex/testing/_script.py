@@ -120,6 +120,29 @@ class Script:
             skip the thinking; if its content is empty but its ``thinking`` is a
             prefix of ``"".join(thinking)``, continue the thinking.  No match:
             the tokens are sent as usual.
+
+    Wire-level shapes of a streamed reply (``stream`` not false; a ``status``
+    reply ignores them):
+
+    Attributes:
+        drip: before the first chunk, send a keep-alive blank line (``b"\\n"``)
+            every ``drip`` seconds for ``drip_for`` seconds in all (the first at
+            once, after ``first_token_delay``; the status line and headers go out
+            with it), like a server that keeps a connection alive with whitespace.
+            None = no drip.
+        drip_for: total length of the drip, seconds.
+        drip_bytes: drip single spaces (``b" "``) instead of blank lines: they
+            become leading whitespace of the first NDJSON line.
+        hold_after_done: after the ``done:true`` chunk keep the body open (no
+            terminating chunk) for this many seconds, then end it normally.
+        gzip: answer with ``Content-Encoding: gzip``; every chunk is compressed
+            and flushed (``Z_SYNC_FLUSH``) on its own, so the reply still streams.
+        http10: answer with ``HTTP/1.0``, no ``Transfer-Encoding``, and end the
+            body by closing the connection.
+        raw: send these bytes verbatim as the whole response body (after a
+            normal 200 ``application/x-ndjson`` head; chunked unless ``http10``,
+            compressed if ``gzip``) instead of the scripted chunks, then end the
+            body; for fuzzing arbitrary byte streams.  None = the usual reply.
     """
 
     tokens: tuple[str, ...] = ("Hello", ",", " world", "!")
@@ -142,14 +165,25 @@ class Script:
     done_reason: str = "stop"
     prompt_eval_count: int | None = None
     continue_prefill: bool = True
+    drip: float | None = None
+    drip_for: float = 0.0
+    drip_bytes: bool = False
+    hold_after_done: float = 0.0
+    gzip: bool = False
+    http10: bool = False
+    raw: bytes | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", _as_tuple(self.tokens, "tokens"))
         object.__setattr__(self, "thinking", _as_tuple(self.thinking, "thinking"))
         object.__setattr__(self, "tool_calls", _as_tuple(self.tool_calls, "tool_calls"))
-        for name in ("first_token_delay", "token_delay", "stall"):
+        for name in ("first_token_delay", "token_delay", "stall", "drip_for", "hold_after_done"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Script.{name} must be >= 0 seconds")
+        if self.drip is not None and not self.drip > 0:
+            raise ValueError("Script.drip must be > 0 seconds (or None for no drip)")
+        if self.raw is not None and not isinstance(self.raw, (bytes, bytearray)):
+            raise TypeError(f"Script.raw must be bytes, not {type(self.raw).__name__}")
         for name in ("error_after", "drop_after", "end_without_done_after", "malformed_after", "stall_after"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -13,6 +13,7 @@ import socket
 import struct
 import time
 import traceback
+import zlib
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ._script import RUNNER_STOPPED_ERROR, RequestRecord, Script, default_error
@@ -72,12 +73,12 @@ def ready(sock: socket.socket, write: bool, timeout: float, wake: socket.socket 
     return bool(r or w)
 
 
-def _head(status: int, headers: Iterable[tuple[str, str]], close: bool) -> bytes:
+def _head(status: int, headers: Iterable[tuple[str, str]], close: bool, version: str = "HTTP/1.1") -> bytes:
     try:
         reason = http.HTTPStatus(status).phrase
     except ValueError:
         reason = f"status code {status}"
-    lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers)]
+    lines = [f"{version} {status} {reason}", *(f"{k}: {v}" for k, v in headers)]
     lines.append(f"Date: {email.utils.formatdate(usegmt=True)}")
     if close:
         lines.append("Connection: close")
@@ -105,29 +106,56 @@ class Request:
 
 
 class _Stream:
-    """An NDJSON chunked reply; the status line and headers go out with the first chunk."""
+    """An NDJSON streamed reply; the status line and headers go out with the first piece.
 
-    def __init__(self, conn: Connection, req: Request, rec: MutableRecord) -> None:
+    Chunked by default; ``http10``: HTTP/1.0 with the body ended by closing the
+    connection; ``gzip``: every piece compressed and sync-flushed on its own.
+    """
+
+    def __init__(self, conn: Connection, req: Request, rec: MutableRecord, script: Script | None = None) -> None:
         self.conn, self.req, self.rec, self.started = conn, req, rec, False
+        self.http10 = bool(script and script.http10)
+        self.gz = zlib.compressobj(6, zlib.DEFLATED, 31) if script and script.gzip else None
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may serve another request after this reply."""
+        return self.req.keep_alive and not self.http10
+
+    def _frame(self, payload: bytes) -> bytes:
+        if self.gz is not None:
+            payload = self.gz.compress(payload) + self.gz.flush(zlib.Z_SYNC_FLUSH)
+        if self.http10 or not payload:
+            return payload
+        return b"%x\r\n%s\r\n" % (len(payload), payload)
 
     def _send(self, data: bytes, before: dict | None = None, undo: dict | None = None) -> None:
         before = dict(before or {})
         if not self.started:
-            headers = [("Content-Type", "application/x-ndjson"), ("Transfer-Encoding", "chunked")]
-            head = _head(200, headers, not self.req.keep_alive)
+            headers = [("Content-Type", "application/x-ndjson")]
+            if self.gz is not None:
+                headers.append(("Content-Encoding", "gzip"))
+            if not self.http10:
+                headers.append(("Transfer-Encoding", "chunked"))
+            head = _head(200, headers, not self.keep_alive, "HTTP/1.0" if self.http10 else "HTTP/1.1")
             data = head + data
             before["status"] = 200
             self.started = True
         self.conn.send_recorded(self.rec, data, before, undo)
 
     def raw_line(self, line: bytes, before: dict | None = None, undo: dict | None = None) -> None:
-        self._send(b"%x\r\n%s\r\n" % (len(line), line), before, undo)
+        """Send ``line`` as body bytes (framed, compressed as the reply is); b"" sends just the head."""
+        self._send(self._frame(line), before, undo)
 
     def line(self, obj: Any, before: dict | None = None, undo: dict | None = None) -> None:
         self.raw_line(go_json(obj) + b"\n", before, undo)
 
     def end(self) -> None:
-        self._send(b"0\r\n\r\n", {"completed": True}, {"completed": False})
+        """End the body: the gzip trailer, then the 0-chunk (HTTP/1.0: the caller closes)."""
+        tail = self.gz.flush() if self.gz is not None else b""
+        if not self.http10:
+            tail = (b"%x\r\n%s\r\n" % (len(tail), tail) if tail else b"") + b"0\r\n\r\n"
+        self._send(tail, {"completed": True}, {"completed": False})
 
 
 class Connection:
@@ -425,7 +453,7 @@ class _Generation:
         self.body, self.model, self.script = body, model, script
         self.chat = kind == "chat"
         self.stream_mode = body.get("stream", True) is not False
-        self.out = _Stream(conn, req, rec)
+        self.out = _Stream(conn, req, rec, script)
         self.emitted = False
         self.acc_content: list[str] = []
         self.acc_thinking: list[str] = []
@@ -478,6 +506,20 @@ class _Generation:
             if tool_calls:
                 d["tool_calls"] = tool_calls
         return d
+
+    def drip(self) -> None:
+        """Script.drip: keep-alive whitespace every ``drip`` s for ``drip_for`` s (headers with the first)."""
+        s = self.script
+        if s.drip is None:
+            return
+        piece = b" " if s.drip_bytes else b"\n"
+        end = time.monotonic() + s.drip_for
+        while True:
+            self.out.raw_line(piece)
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            self.conn.wait(min(s.drip, remaining))
 
     def pace(self) -> None:
         if self.emitted and self.script.token_delay > 0:
@@ -538,7 +580,7 @@ class _Generation:
             if self.stream_mode:
                 self.out.raw_line(go_json({"error": text}) + b"\n")
                 self.out.end()
-                return req.keep_alive
+                return self.out.keep_alive
             return conn.reply_json(req, rec, 500, {"error": text})
         if name == "drop":
             conn.reset_on_close = s.reset
@@ -557,7 +599,7 @@ class _Generation:
         # end without done
         if self.stream_mode:
             self.out.end()
-            return req.keep_alive
+            return self.out.keep_alive
         partial = self.chunk("".join(self.acc_content), "".join(self.acc_thinking), self.acc_tools or None)
         return conn.reply_json(req, rec, 200, partial)
 
@@ -573,6 +615,13 @@ class _Generation:
             text = s.error if s.error is not None else default_error(s.status, self.model)
             ctype = "application/json" if self.stream_mode and s.status in (429, 500) else _JSON
             return conn.reply_json(self.req, self.rec, s.status, {"error": text}, ctype)
+        if s.raw is not None:
+            self.drip()
+            self.out.raw_line(bytes(s.raw))
+            self.out.end()
+            return self.out.keep_alive
+        if self.stream_mode:
+            self.drip()
         thinking, content = self.plan()
         for piece in thinking:
             self.emit(thinking=piece)
@@ -603,8 +652,10 @@ class _Generation:
         tail = self.final_tail()
         if self.stream_mode:
             self.out.line(self.chunk(s.final_content, tool_calls=calls, done=True, tail=tail))
+            if s.hold_after_done:
+                conn.wait(s.hold_after_done)
             self.out.end()
-            return self.req.keep_alive
+            return self.out.keep_alive
         self.acc_tools.extend(calls)
         text = "".join(self.acc_content) + s.final_content
         whole = self.chunk(text, "".join(self.acc_thinking), self.acc_tools or None, done=True, tail=tail)
