@@ -420,6 +420,12 @@ def run(quick: bool = False, streams: int | None = None, servers: int = 4, token
     if "aicortex" in consumers and missing:
         consumers.remove("aicortex")
         notes.append(f"(e) aicortex SKIPPED: {missing}.")
+    import importlib.util
+
+    for c, mod in (("aiohttp", "aiohttp"), ("httpx_aiohttp", "httpx_aiohttp")):
+        if c in consumers and importlib.util.find_spec(mod) is None:
+            consumers.remove(c)
+            notes.append(f"{LABELS[c]} SKIPPED: {mod} is not installed (pip install aiohttp httpx-aiohttp).")
     here = os.path.abspath(__file__)
     phases = {"load": (load_token_delay, 0.0), "paced": (token_delay, ramp)}
     raw: dict[str, dict[str, list[dict]]] = {ph: {c: [] for c in consumers} for ph in phases}
