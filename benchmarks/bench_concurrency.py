@@ -13,6 +13,9 @@ httpx floor and the official client (round-robin over the servers) for compariso
 Reported: chunks/s overall (all tokens / wall time from the barrier to the last stream's
 end), p50/p99 TTFT, errors (must be zero), failovers (requests that needed more than one
 attempt), the client process's CPU per chunk, and how the streams spread over servers.
+
+Targets: aicortex chunks/s >= 0.9x the raw httpx loop; aicortex's streams spread over the
+N equal servers within +-15 % of an even share; errors = 0.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import PY, ServerProcess, emit, percentile  # noqa: E402
 
 MODEL = "m"
+TARGET_VS_HTTPX = 0.9    # aicortex chunks/s >= 0.9x the raw httpx loop (threads)
+TARGET_SPREAD_PCT = 15.0  # aicortex: each of N equal servers within +-15 % of an even share
 
 
 CONSUMERS = ("httpx", "ollama", "aicortex")
@@ -201,7 +206,27 @@ def run(quick: bool = False, streams: int | None = None, servers: int = 4, token
             f"{row['server_cpu_share'] * 100:.0f}%" if row["server_cpu_share"] is not None else "-",
         ])
     ideal = streams * tokens / (tokens * token_delay) if token_delay else None
-    notes = [
+    by = {r["consumer"]: r for r in rows}
+    targets: dict[str, Any] = {}
+    target_notes = []
+    a, h = by.get("aicortex"), by.get("httpx")
+    if a and h and a["chunks_per_s"] and h["chunks_per_s"]:
+        v = a["chunks_per_s"] / h["chunks_per_s"]
+        targets.update(aicortex_vs_httpx=v, aicortex_vs_httpx_target=TARGET_VS_HTTPX, aicortex_vs_httpx_met=v >= TARGET_VS_HTTPX)
+        target_notes.append(f"Target 4a, aicortex chunks/s >= {TARGET_VS_HTTPX}x raw httpx ({streams} threads): {v:.2f}x -> "
+                            f"{'MET' if v >= TARGET_VS_HTTPX else 'MISSED'}.")
+    if a and sum(a["streams_per_server"]):
+        even = sum(a["streams_per_server"]) / len(a["streams_per_server"])
+        dev = max(abs(x - even) for x in a["streams_per_server"]) / even * 100
+        targets.update(aicortex_spread_pct=dev, aicortex_spread_pct_target=TARGET_SPREAD_PCT, aicortex_spread_met=dev <= TARGET_SPREAD_PCT)
+        target_notes.append(f"Target 4b, aicortex streams per server within +-{TARGET_SPREAD_PCT:g}% of even over {servers} equal servers: "
+                            f"{'/'.join(map(str, a['streams_per_server']))}, largest deviation {dev:.0f}% -> "
+                            f"{'MET' if dev <= TARGET_SPREAD_PCT else 'MISSED'} (best round; spread of every round in the JSON).")
+        a["streams_per_server_all_rounds"] = [r["streams_per_server"] for r in all_rounds["aicortex"]]
+    if a:
+        targets["aicortex_errors"] = a["errors"]
+        targets["aicortex_errors_met"] = a["errors"] == 0
+    notes = target_notes + [
         f"Best of {rounds} interleaved round(s) by chunks/s (errors and failovers: summed over all rounds).",
         f"{servers} FakeOllama servers in a separate process on 127.0.0.1, each reply {tokens} tokens with token_delay "
         f"{token_delay * 1000:g} ms; {streams} threads released together on a barrier; aicortex: one shared Client with "
@@ -230,6 +255,7 @@ def run(quick: bool = False, streams: int | None = None, servers: int = 4, token
         "columns": ["consumer", "streams", "chunks", "wall s", "chunks/s", "TTFT p50 ms", "TTFT p99 ms", "errors", "failovers", "CPU us/chunk", "streams per server", "server proc CPU"],
         "rows": rows,
         "display_rows": display,
+        "targets": targets,
         "notes": notes,
     }
 

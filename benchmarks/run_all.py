@@ -5,8 +5,9 @@
     python benchmarks/run_all.py --quick    # tiny inputs (the smoke test's sizes), seconds
     python benchmarks/run_all.py --only stream,import
 
-Benchmarks: import (2), stream (1), failover (3), concurrency (4), real (5). Results go
-to benchmarks/results/<name>.json (gitignored) and a summary to results/summary.json.
+Benchmarks: import (2), stream (1), failover (3), concurrency (4), async (6), percall (7),
+real (5). Results go to benchmarks/results/<name>.json (gitignored) and a summary to
+results/summary.json.
 Exit status 1 if a benchmark crashed; missed targets are reported, not failures.
 """
 
@@ -22,9 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_async  # noqa: E402
 import bench_concurrency  # noqa: E402
 import bench_failover  # noqa: E402
 import bench_import  # noqa: E402
+import bench_percall  # noqa: E402
 import bench_real  # noqa: E402
 import bench_stream  # noqa: E402
 import _common  # noqa: E402
@@ -35,6 +38,8 @@ BENCHMARKS = {
     "stream": bench_stream.run,
     "failover": bench_failover.run,
     "concurrency": bench_concurrency.run,
+    "async": bench_async.run,
+    "percall": bench_percall.run,
     "real": bench_real.run,
 }
 

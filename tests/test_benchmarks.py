@@ -100,6 +100,85 @@ def test_concurrency(tmp_path, capsys):
     _check_table(out, result["columns"], 3)
     for row in data["rows"]:
         assert row["errors"] == 0 and row["chunks_total"] == 100
+    targets = result["targets"]
+    assert {"aicortex_vs_httpx", "aicortex_spread_pct", "aicortex_errors_met"} <= set(targets)
+    assert "Target 4a" in out and "Target 4b" in out
+
+
+def _has_async_client() -> bool:
+    import aicortex
+
+    return hasattr(aicortex, "AsyncClient")
+
+
+ASYNC_COLUMNS = ["consumer", "errors", "chunks/s (load)", "x ollama", "CPU us/chunk (load)", "x floor", "CPU us/chunk (paced)",
+                 "x floor (paced)", "TTFT p50 ms", "TTFT p99 ms", "loop lag p99 ms", "streams per server"]
+
+
+def test_async_floors(tmp_path, capsys):
+    """The peers of the async benchmark (aiohttp floor, ollama.AsyncClient, raw httpx, httpx over aiohttp)."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("httpx_aiohttp")
+    import ollama  # noqa: F401
+    import bench_async
+
+    result = bench_async.run(quick=True, streams=8, tokens=5, only=["aiohttp", "ollama", "httpx", "httpx_aiohttp"])
+    out, data = _emit(result, tmp_path, capsys)
+    assert result["columns"] == ASYNC_COLUMNS
+    _check_table(out, result["columns"], 4)
+    assert [r["consumer"] for r in data["rows"]] == ["aiohttp", "ollama", "httpx", "httpx_aiohttp"]
+    for row in data["rows"]:
+        assert row["errors"] == 0, row["errors_sample"]
+        assert row["chunks_per_s"] > 0 and row["cpu_us_per_chunk_load"] > 0 and row["loop_lag_ms_p99"] is not None
+        assert row["streams_per_server"] == [2, 2, 2, 2]
+    assert "Async transport" in out
+
+
+def test_async_aicortex(tmp_path, capsys):
+    """The aicortex AsyncClient row; skipped while aicortex has no AsyncClient."""
+    if not _has_async_client():
+        pytest.skip("aicortex.AsyncClient does not exist yet: the aicortex row of bench_async is skipped")
+    pytest.importorskip("aiohttp")
+    import bench_async
+
+    result = bench_async.run(quick=True, streams=8, tokens=5, only=["aiohttp", "aicortex"])
+    out, data = _emit(result, tmp_path, capsys)
+    _check_table(out, result["columns"], 2)
+    rows = {r["consumer"]: r for r in data["rows"]}
+    assert rows["aicortex"]["errors"] == 0, rows["aicortex"]["errors_sample"]
+    assert sum(rows["aicortex"]["streams_per_server"]) == 8
+    assert "Target 6b" in out and "Target 6c" in out
+
+
+def test_async_skips_aicortex_when_missing(tmp_path, capsys, monkeypatch):
+    import bench_async
+
+    monkeypatch.setattr(bench_async, "aicortex_async_missing", lambda: "aicortex.AsyncClient does not exist in this checkout")
+    result = bench_async.run(quick=True, streams=4, tokens=3, only=["aiohttp", "aicortex"])
+    out, data = _emit(result, tmp_path, capsys)
+    assert [r["consumer"] for r in data["rows"]] == ["aiohttp"]
+    assert "(e) aicortex SKIPPED" in out and data["skipped_consumers"]["aicortex"]
+
+
+def test_percall(tmp_path, capsys):
+    import ollama  # noqa: F401
+    import bench_percall
+
+    result = bench_percall.run(quick=True, requests=10, servers=10, chunks=500, repeats=1)
+    out, data = _emit(result, tmp_path, capsys)
+    assert result["columns"] == ["consumer", "CPU us/request (best)", "CPU us/request (median)", "x ollama", "requests/s (best)", "bad replies"]
+    _check_table(out, result["columns"], 3)
+    assert [r["consumer"] for r in data["rows"]] == ["ollama", "aicortex", "httpx"]
+    assert all(r["bad_replies"] == 0 and r["cpu_us_per_request_best"] > 0 for r in data["rows"])
+    assert [r["servers"] for r in data["route_rows"]] == [1, 10] and all(r["route_us_best"] > 0 for r in data["route_rows"])
+    mem = {r["consumer"]: r for r in data["memory_rows"]}
+    assert {"ollama", "aicortex", "httpx"} <= set(mem) and all(r["ok"] for r in mem.values())
+    if bench_percall.keep_events_support() is None:
+        assert "aicortex_nokeep" not in mem and "keep_events=False SKIPPED" in out
+    else:
+        assert "aicortex_nokeep" in mem
+    assert "Target 7a" in out and "Target 7b" in out
+
 
 def test_run_all_quick_cli(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AICORTEX_", "OLLAMA_"))}
