@@ -24,7 +24,6 @@ __all__ = [
     "parse_chunk",
     "build_messages",
     "build_chat_body",
-    "encode_body",
     "continuation_messages",
     "error_text",
     "model_key",
@@ -602,16 +601,3 @@ def iter_tool_calls(calls: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str | 
             args = fn.get("arguments")
             yield fn.get("name"), args if isinstance(args, Mapping) else {}
 
-
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    """The JSON bytes of a request body (compact, UTF-8).
-
-    Raises:
-        ConfigError: a value that JSON cannot carry (e.g. an object in ``options``).
-    """
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # a lone surrogate (e.g. sent back as prefill): escape it
-        return json.dumps(body, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"request body is not JSON-serializable ({exc}): pass plain dicts, lists, str, numbers") from exc
