@@ -14,7 +14,7 @@ Importing this package opens no file and no connection; httpx and sqlite-utils a
 loaded when the first :class:`Client` is built.
 """
 
-from ._client import Client, chat, list_model_servers, models, refresh
+from ._client import AsyncClient, ChatCall, Client, chat, list_model_servers, models, refresh
 from ._config import Timeouts
 from ._exceptions import (
     AICortexError,
@@ -38,8 +38,8 @@ from ._exceptions import (
     StallTimeout,
     TimeoutError,
 )
-from ._models import Attempt, ModelEntry, Reply, Server, StreamEvent, Usage
-from ._stream import Stream
+from ._models import Attempt, ModelEntry, ModelList, Reply, Server, StreamEvent, Usage
+from ._stream import AsyncStream, Stream
 from ._version import __version__
 
 __all__ = [
@@ -51,14 +51,18 @@ __all__ = [
     "refresh",
     # objects
     "Client",
+    "AsyncClient",
+    "ChatCall",
     "Registry",
     "Stream",
+    "AsyncStream",
     "StreamEvent",
     "Reply",
     "Usage",
     "Attempt",
     "Server",
     "ModelEntry",
+    "ModelList",
     "Timeouts",
     # exceptions
     "AICortexError",

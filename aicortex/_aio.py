@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
+import zlib
 from typing import TYPE_CHECKING, Any, Awaitable, Mapping, TypeVar
 
 import aiohttp
@@ -121,6 +122,8 @@ class AsyncTransport:
                 self._get_session().post(server + "/api/chat", data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
                 until,
             )
+        except aiohttp.ServerTimeoutError as exc:  # also an asyncio.TimeoutError: test it first
+            raise _translate(exc, server, plan.connect_timeout_s, "before a reply") from exc
         except asyncio.TimeoutError as exc:
             raise FirstTokenTimeout(
                 f"no first token within the first-token timeout of {first:g} s", server=server, timeout_s=first
@@ -132,7 +135,14 @@ class AsyncTransport:
                 raise await self._status_error(server, response)
             finally:
                 response.close()
-        return AsyncBody(response, server)
+        body = AsyncBody(response, server)
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):  # compressed although not asked for
+            body._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+        elif encoding not in ("", "identity"):
+            response.close()
+            raise ProtocolError(f"reply in an unsupported Content-Encoding {encoding!r}", server=server)
+        return body
 
     async def _status_error(self, server: str, response: aiohttp.ClientResponse) -> ServerError:
         try:
@@ -178,6 +188,8 @@ class AsyncTransport:
                 payload = await response.content.read(limit + 1)
         except AICortexError:
             raise
+        except aiohttp.ServerTimeoutError as exc:
+            raise _translate(exc, server, connect_timeout_s, f"on {method} {path}", read_timeout_s) from exc
         except asyncio.TimeoutError as exc:
             raise AICortexTimeout(f"read timeout on {method} {path}", server=server, timeout_s=read_timeout_s) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
@@ -198,15 +210,21 @@ class AsyncTransport:
 class AsyncBody:
     """The body of one streamed /api/chat attempt (async), read by the driver's ``Read``."""
 
-    __slots__ = ("_response", "_content", "server")
+    __slots__ = ("_response", "_content", "server", "_zlib", "_error")
 
     def __init__(self, response: aiohttp.ClientResponse, server: str) -> None:
         self._response = response
         self._content = response.content
         self.server = server
+        self._zlib: Any = None
+        self._error: ServerError | None = None  # raised after the bytes that came before it
 
     async def read(self, until: float | None, stall_s: float | None) -> Any:
         """The next bytes (``b""`` at the end), ``TIMED_OUT``, or the ``ServerError``."""
+        if self._zlib is not None:
+            return await self._read_compressed(until, stall_s)
+        if self._error is not None:
+            return self._error
         content = self._content
         try:
             data = content.read_nowait()
@@ -219,7 +237,31 @@ class AsyncBody:
         except asyncio.TimeoutError:
             return TIMED_OUT
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return _translate(exc, self.server, None, "mid-reply")
+            error = _translate(exc, self.server, None, "mid-reply")
+            rest = _salvage(content)
+            if rest:  # the connection broke, but what arrived before is the server's reply
+                self._error = error
+                return rest
+            return error
+
+    async def _read_compressed(self, until: float | None, stall_s: float | None) -> Any:
+        z = self._zlib
+        self._zlib = None
+        try:
+            while True:
+                data = await self.read(until, stall_s)
+                if data.__class__ is not bytes:
+                    return data
+                if not data:
+                    return z.flush()
+                try:
+                    out = z.decompress(data)
+                except zlib.error as exc:
+                    return ProtocolError(f"bad compressed reply: {exc}", server=self.server)
+                if out:
+                    return out
+        finally:
+            self._zlib = z
 
     async def close(self, drain: bool) -> None:
         """Drain a finished reply (bounded in bytes and time) so the connection is reused,
@@ -244,9 +286,23 @@ class AsyncBody:
         self._response.close()
 
 
-def _translate(exc: BaseException, server: str, connect_s: float | None, where: str) -> ServerError:
+def _salvage(content: aiohttp.StreamReader) -> bytes:
+    """Bytes that arrived before the connection broke. aiohttp's readers raise the
+    connection error first and would drop them (a lost token), so they are taken from the
+    reader's buffer directly."""
+    try:
+        if getattr(content, "_buffer", None):
+            return bytes(content._read_nowait(-1))  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - another aiohttp layout: nothing to save
+        pass
+    return b""
+
+
+def _translate(exc: BaseException, server: str, connect_s: float | None, where: str, read_s: float | None = None) -> ServerError:
     """Map an aiohttp error to the aicortex tree (the one translation boundary)."""
-    if isinstance(exc, aiohttp.ServerTimeoutError) or type(exc).__name__ == "ConnectionTimeoutError":
+    if type(exc).__name__ == "SocketTimeoutError":  # aiohttp's sock_read limit
+        return AICortexTimeout(f"read timeout {where} ({read_s:g} s)" if read_s else f"read timeout {where}", server=server, timeout_s=read_s)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
         return ConnectTimeout(
             f"connect timeout: no connection within {connect_s:g} s" if connect_s else f"connect timeout: {exc}",
             server=server,
@@ -254,7 +310,7 @@ def _translate(exc: BaseException, server: str, connect_s: float | None, where: 
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         reason = str(exc.os_error) if exc.os_error else str(exc)
-        if "refused" in reason.lower():
+        if isinstance(exc.os_error, ConnectionRefusedError) or "refused" in reason.lower():
             reason = "connection refused"
         return ConnectError(f"cannot connect: {reason}", server=server)
     if isinstance(exc, (aiohttp.ClientResponseError,)) and not isinstance(exc, aiohttp.ClientConnectionError):

@@ -341,7 +341,10 @@ class SyncBody:
         timeouts = response.request.extensions.get("timeout")
         if isinstance(timeouts, dict):
             timeouts["read"] = plan.stall_timeout_s
-        self._it = response.iter_raw()
+        # Accept-Encoding: identity is sent; a server (or proxy) that compresses anyway is
+        # decoded by httpx (gzip, deflate).
+        encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
+        self._it = response.iter_bytes() if encoded else response.iter_raw()
 
     def read(self, until: float | None) -> Any:
         """The next bytes (``b""`` at the end), ``TIMED_OUT``, or the ``ServerError``."""

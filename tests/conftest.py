@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import sys
 from pathlib import Path
 
@@ -77,3 +78,115 @@ def real_stacks(realstack_installed):
     yield start
     for s in started:
         s.stop()
+
+
+# -- one failover suite, two clients ------------------------------------------------------------
+class AsyncClientAdapter:
+    """Drives a real :class:`aicortex.AsyncClient` on an event loop in a thread, with the
+    sync client's call shapes, so that one test suite runs against both clients. Only
+    the calling convention is adapted: every request goes through the async driver."""
+
+    def __init__(self, registry, **kw):
+        import asyncio
+
+        from aicortex import AsyncClient
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-async-loop", daemon=True)
+        self._thread.start()
+
+        async def make():
+            return AsyncClient(registry, **kw)
+
+        self.client = self.run(make())
+
+    def run(self, aw, timeout=60):
+        import asyncio
+
+        async def wrapped():
+            return await aw
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result(timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def refresh(self, *args, **kw):
+        return self.run(self.client.refresh(*args, **kw))
+
+    def models(self):
+        return self.run(self.client.models())
+
+    def route(self, model):
+        return self.run(self.client.route(model))
+
+    def list_model_servers(self, model):
+        return self.run(self.client.list_model_servers(model))
+
+    def chat(self, prompt, *, stream=False, **kw):
+        if not stream:
+            return self.run(self.client.chat(prompt, **kw))
+        return AsyncStreamAdapter(self, self.run(self.client.chat(prompt, stream=True, **kw)))
+
+    def close(self):
+        if self._loop.is_closed():
+            return
+        self.run(self.client.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncStreamAdapter:
+    """An :class:`aicortex.AsyncStream` read with the sync stream's call shapes."""
+
+    def __init__(self, adapter, stream):
+        self._a, self.stream = adapter, stream
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def __iter__(self):
+        try:
+            while True:
+                try:
+                    event = self._a.run(self.stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            self.close()
+
+    def close(self):
+        self._a.run(self.stream.aclose())
+
+    def text(self):
+        return self._a.run(self.stream.text())
+
+    def reply(self):
+        return self._a.run(self.stream.reply())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_client(kind, registry, **kw):
+    """A sync ``Client`` or an :class:`AsyncClientAdapter` over ``registry``."""
+    from aicortex import Client
+
+    return Client(registry, **kw) if kind == "sync" else AsyncClientAdapter(registry, **kw)
+
+
+@pytest.fixture(params=["sync", "async"])
+def client_kind(request):
+    """Runs a test once with the sync ``Client`` and once with the ``AsyncClient``."""
+    return request.param

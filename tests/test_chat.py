@@ -20,6 +20,7 @@ from aicortex import (
     Timeouts,
 )
 from aicortex.testing import FakeOllama, Script, blackhole_listener, closed_port_url
+from conftest import make_client
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,13 +33,13 @@ MODEL = "llama3.2"
 class Fleet:
     """N fake servers registered (in order) in an in-memory registry, already refreshed."""
 
-    def __init__(self, n: int, **client_kw):
+    def __init__(self, n: int, kind: str = "sync", **client_kw):
         self.fakes = [FakeOllama(models=[MODEL], script=Script(tokens=TOKENS)).start() for _ in range(n)]
         self.registry = Registry.memory()
         for i, f in enumerate(self.fakes):
             self.registry.add(f.url, name=f"s{i}")
         client_kw.setdefault("timeout", FAST)
-        self.client = Client(self.registry, **client_kw)
+        self.client = make_client(kind, self.registry, **client_kw)
         self.client.refresh()
 
     @property
@@ -58,11 +59,12 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet():
+def fleet(client_kind):
+    """Fleets whose client is the sync ``Client`` or the ``AsyncClient`` (every test runs with both)."""
     fleets = []
 
     def make(n=2, **kw):
-        fl = Fleet(n, **kw)
+        fl = Fleet(n, client_kind, **kw)
         fleets.append(fl)
         return fl
 

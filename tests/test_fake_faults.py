@@ -173,12 +173,6 @@ def test_gzip_with_httpx_decoding(fake, http):
     assert [json.loads(x) for x in r.text.splitlines()][-1]["error"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine (_transport.py, not this change): requests advertise httpx's default "
-    "'Accept-Encoding: gzip, deflate' but read response.iter_raw(), so a gzip-encoded stream "
-    "reaches the NDJSON decoder compressed and fails as a ProtocolError",
-)
 def test_chat_through_a_gzip_server_keeps_the_reply(fake, client):
     fake.push(Script(tokens=("Hi", " there"), gzip=True))
     assert client.chat("hi", model="llama3.2").text == "Hi there"
