@@ -15,7 +15,11 @@ loaded when the first :class:`Client` is built.
 """
 
 from ._client import AsyncClient, ChatCall, Client, chat, list_model_servers, models, refresh
+from ._bench import BenchResult
 from ._config import Timeouts
+from ._discovery import ProbeResult, RefreshReport
+from ._fleet import FleetView
+from ._health import Health, Outcome
 from ._exceptions import (
     AICortexError,
     AllServersFailed,
@@ -39,6 +43,9 @@ from ._exceptions import (
     TimeoutError,
 )
 from ._models import Attempt, ModelEntry, ModelList, Reply, Server, StreamEvent, Usage
+from ._routing import Route
+from ._session import Candidate
+from ._store import Snapshot
 from ._stream import AsyncStream, Stream
 from ._version import __version__
 
@@ -64,6 +71,16 @@ __all__ = [
     "ModelEntry",
     "ModelList",
     "Timeouts",
+    # types that appear in signatures
+    "RefreshReport",
+    "ProbeResult",
+    "BenchResult",
+    "Route",
+    "Candidate",
+    "Health",
+    "Outcome",
+    "FleetView",
+    "Snapshot",
     # exceptions
     "AICortexError",
     "ConfigError",

@@ -13,6 +13,8 @@ import aicortex.testing
 EXPECTED = {
     "__version__", "chat", "models", "list_model_servers", "refresh", "Client", "Registry", "Stream",
     "StreamEvent", "Reply", "Usage", "Attempt", "Server", "ModelEntry", "Timeouts",
+    "AsyncClient", "AsyncStream", "ChatCall", "ModelList",
+    "RefreshReport", "ProbeResult", "BenchResult", "Route", "Candidate", "Health", "Outcome", "FleetView", "Snapshot",
     "AICortexError", "ConfigError", "InvalidURL", "RegistryError", "ModelNotFound", "ServerError",
     "ConnectError", "TimeoutError", "ConnectTimeout", "PoolTimeout", "FirstTokenTimeout", "StallTimeout", "HTTPStatusError",
     "BadRequest", "ServerModelNotFound", "OllamaError", "ProtocolError", "IncompleteStream",
@@ -30,12 +32,15 @@ def test_public_names_are_what_we_mean_them_to_be():
 
 
 def test_every_public_method_has_a_docstring():
-    for name in ("Client", "Registry", "Stream"):
+    for name in ("Client", "AsyncClient", "Registry", "Stream", "AsyncStream", "FleetView", "ChatCall"):
         cls = getattr(aicortex, name)
-        for attr, member in vars(cls).items():
-            if attr.startswith("_") or not callable(member):
+        for klass in cls.__mro__:
+            if not klass.__module__.startswith("aicortex"):
                 continue
-            assert inspect.getdoc(member), f"{name}.{attr} has no docstring"
+            for attr, member in vars(klass).items():
+                if attr.startswith("_") or not (callable(member) or isinstance(member, property)):
+                    continue
+                assert inspect.getdoc(member), f"{name}.{attr} has no docstring"
     for name in aicortex.testing.__all__:
         assert inspect.getdoc(getattr(aicortex.testing, name)) or name.isupper(), name
 
