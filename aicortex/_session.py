@@ -189,6 +189,8 @@ class ChatSession:
         #: (``True``: it continued), for the flow to remember; ``None``: nothing.
         self.learned_prefill: bool | None = None
         self._trial_held_elsewhere: list[Candidate] = []
+        self._cand: Candidate | None = None  # the current attempt's candidate
+        self._retry: Candidate | None = None
         self._deadline_until: float | None = None
 
     # -- results ---------------------------------------------------------------------------
@@ -291,6 +293,9 @@ class ChatSession:
         if remaining is not None and remaining <= 0:
             self.fatal = self._deadline_error()
             return None
+        if self._retry is not None:  # the same server again (it refused our prefill)
+            cand, self._retry = self._retry, None
+            return cand
         if self._next_candidate >= len(self.candidates):
             self.fatal = self._all_failed()
             return None
@@ -341,6 +346,7 @@ class ChatSession:
             headers=self._headers.get(cand.server.url),
         )
         self._plan = plan
+        self._cand = cand
         self._prefill_known = prefill
         self._decoder = NDJSONDecoder(server=plan.server)
         self._attempt_started = self._clock()
@@ -635,7 +641,11 @@ class ChatSession:
             self.fatal = error
             return events
         if decision.kind == "bad_request":
+            # The server refused our prefill (HTTP 400 to a continuation): the request is
+            # fine, so the reply restarts on that same server (README, failover rules).
             self._continue_ok = False
+            if self._cand is not None:
+                self._retry = Candidate(server=self._cand.server, warm=self._cand.warm)
         self._resume = decision.resume
         return events
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import json
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -32,6 +33,7 @@ from ._version import __version__
 from ._exceptions import (
     AICortexError,
     BadRequest,
+    ConfigError,
     ConnectError,
     ConnectTimeout,
     FirstTokenTimeout,
@@ -87,14 +89,19 @@ class Transport:
     ) -> None:
         self._owns = client is None
         self._server_headers: dict[str, dict[str, str]] = {}
+        try:
+            self._client = client or httpx.Client(
+                # identity: the body is read raw (iter_raw), so a compressed reply is never asked for
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
+                verify=verify,
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+                follow_redirects=False,
+            )
+        except (OSError, ssl.SSLError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"verify={verify!r}: cannot set up TLS ({exc}); pass True, False or a readable CA bundle file"
+            ) from exc
         self._watchdog = _Watchdog()
-        self._client = client or httpx.Client(
-            # identity: the body is read raw (iter_raw), so a compressed reply is never asked for
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
-            verify=verify,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
-            follow_redirects=False,
-        )
 
     def close(self) -> None:
         """Close the connection pool (only when this transport built the client)."""
