@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import random
 
     from ._routing import Route
+    from ._session import Candidate
     from ._store import Store
 
 __all__ = ["FleetView", "RELOAD_S", "CLAIM_WAIT_S", "MAX_PENDING", "logger"]
@@ -73,6 +74,7 @@ class FleetView:
         self._inflight: dict[str, int] = {}
         self._pending: list[Outcome] = []
         self._prefill: dict[tuple[str, str], bool] = {}
+        self._cands: dict[tuple[int, bool, str], Candidate] = {}  # routing's Candidate cache
         self._version: int | None = None
         self._writes = -1  # the store's write_count at the last reload
         self._wake = threading.Event()
@@ -111,6 +113,7 @@ class FleetView:
                 elif ((health.get(key) or Health()).open_until or 0.0) < claim.open_until:
                     health[key] = claim
             self._snap, self._health, self._version, self._writes = snap, health, version, writes
+            self._cands = {}
 
     def route(self, model: str, *, now: float, rng: "random.Random | None" = None) -> "Route":
         """Candidates for ``model`` in try order (see :func:`aicortex._routing.order_candidates`)."""
@@ -120,10 +123,16 @@ class FleetView:
         if self._store.write_count != self._writes:
             self.sync()  # this process changed the registry (added a server, refreshed...)
         key = model_key(model)
-        entries = self._snap.entries.get(key, [])
+        entries = self._snap.entries.get(key, ())
         health = self._health
-        pairs = {s.url: (health.get((s.url, "")) or Health(), health.get((s.url, key)) or Health()) for s, _ in entries}
-        return order_candidates(entries, pairs, now=now, rng=rng, inflight=self._inflight)
+        pairs: dict[str, tuple[Health | None, Health | None]] = {}
+        if health:
+            for server, _ in entries:
+                url = server.url
+                srv, mod = health.get((url, "")), health.get((url, key))
+                if srv is not None or mod is not None:
+                    pairs[url] = (srv, mod)
+        return order_candidates(entries, pairs, now=now, rng=rng, inflight=self._inflight, cache=self._cands)
 
     def health(self, url: str, model: str = "") -> Health:
         """The in-memory health of a server (``model=""``) or (server, model)."""
@@ -155,7 +164,7 @@ class FleetView:
             return
         try:
             with self._lock:
-                _apply(self._health, outcome)
+                changes = _apply(self._health, outcome)
                 for record, _ in outcome_changes(outcome):
                     self._claims.pop((outcome.server, record), None)
                 self._pending.append(outcome)
@@ -163,6 +172,7 @@ class FleetView:
                     del self._pending[0]
                     self.dropped_outcomes += 1
             self._ensure_thread()
+            _log_outcome(outcome, changes)
         except Exception as exc:  # bookkeeping never hurts a reply
             self._storage_failed("record", exc)
 
@@ -297,12 +307,30 @@ class FleetView:
         logger.warning("aicortex: registry %s failed (replies go on from memory): %s", what, exc)
 
 
-def _apply(health: dict[tuple[str, str], Health], o: Outcome) -> None:
+def _apply(health: dict[tuple[str, str], Health], o: Outcome) -> list[tuple[str, Health, Health]]:
+    """Apply ``o`` to ``health``; the ``(record, old, new)`` changes made."""
+    done = []
     for record, change in outcome_changes(o):
         key = (o.server, record)
-        new = change(health.get(key) or Health())
+        old = health.get(key) or Health()
+        new = change(old)
         if new is not None:
             health[key] = new
+            done.append((record, old, new))
+    return done
+
+
+def _log_outcome(o: Outcome, changes: list[tuple[str, Health, Health]]) -> None:
+    """Failovers, circuit breaker trips and recoveries, on the ``"aicortex"`` logger."""
+    if o.kind in ("failure", "backoff"):
+        logger.info("aicortex: %s failed (%s): %s", o.server, o.kind, o.error)
+    for record, old, new in changes:
+        what = f"{o.server}" + (f" model {record}" if record else "")
+        if new.failures > old.failures:
+            cooldown = (new.open_until or o.at) - o.at
+            logger.warning("aicortex: circuit breaker open for %s: cooldown %.0f s after %d failures", what, cooldown, new.failures)
+        elif old.failures and not new.failures:
+            logger.info("aicortex: circuit breaker closed for %s: it answered again", what)
 
 
 def _run(ref: "weakref.ref[FleetView]", wake: threading.Event, every: float) -> None:

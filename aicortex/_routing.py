@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ._health import Health, breaker_state
 from ._models import ModelEntry, Server
@@ -41,11 +41,19 @@ class Route:
     skipped: list[Candidate] = field(default_factory=list)
 
 
-def _state(pair: tuple[Health, Health] | None, now: float) -> tuple[str, float]:
-    if pair is None:
+_LOG_BAND = math.log(TTFT_BAND)
+
+
+def _clean(h: Health | None) -> bool:
+    return h is None or (not h.failures and h.open_until is None)
+
+
+def _state(pair: "tuple[Health | None, Health | None] | None", now: float) -> tuple[str, float]:
+    if pair is None or (_clean(pair[0]) and _clean(pair[1])):
         return "closed", 0.0
-    states = [breaker_state(h, now) for h in pair]
-    until = max((h.open_until or 0.0) for h in pair)
+    records = [h for h in pair if h is not None]
+    states = [breaker_state(h, now) for h in records]
+    until = max((h.open_until or 0.0) for h in records)
     if "open" in states:
         return "open", until
     if "half_open" in states:
@@ -55,43 +63,58 @@ def _state(pair: tuple[Health, Health] | None, now: float) -> tuple[str, float]:
 
 def order_candidates(
     entries: Sequence[tuple[Server, ModelEntry]],
-    health: Mapping[str, tuple[Health, Health]] | None = None,
+    health: "Mapping[str, tuple[Health | None, Health | None]] | None" = None,
     *,
     now: float = 0.0,
     rng: random.Random | None = None,
     inflight: Mapping[str, int] | None = None,
+    cache: "dict[tuple[int, bool, str], Candidate] | None" = None,
 ) -> Route:
     """Order ``(server, model entry)`` pairs into a :class:`Route`.
 
     Args:
         entries: from :meth:`Registry.model_entries` (priority, then registration order).
-        health: ``{url: (server health, model health)}`` from the registry.
+        health: ``{url: (server health, model health)}`` (``None`` = no record); servers
+            missing from it have no record at all.
         now: Unix seconds, to tell open breakers from expired cooldowns.
         rng: when given, shuffles servers whose EWMA TTFT fall in the same band.
         inflight: ``{url: requests in flight}``; fewer first among equals.
+        cache: a dict that keeps the :class:`Candidate` values between calls (they are
+            frozen), so routing over many servers allocates nothing per server.
     """
     health = health or {}
     inflight = inflight or {}
-    usable: list[tuple[tuple, Candidate]] = []
+    if cache is None:
+        cache = {}
+    usable: list[tuple[tuple[Any, ...], Candidate]] = []
     skipped: list[tuple[float, Candidate]] = []
     for idx, (server, entry) in enumerate(entries):
         pair = health.get(server.url)
-        state, until = _state(pair, now)
-        cand = Candidate(server=server, warm=entry.loaded, state=state)
+        state, until = _state(pair, now) if pair is not None else ("closed", 0.0)
+        warm = entry.loaded
+        key = (id(server), warm, state)
+        cand = cache.get(key)
+        if cand is None or cand.server is not server:
+            cand = cache[key] = Candidate(server=server, warm=warm, state=state)
         if state == "open":
             skipped.append((until, cand))
             continue
-        ttft = pair[1].ewma_ttft_s if pair else None
-        if ttft is None or ttft <= 0 or ttft != ttft:
-            speed: tuple = (0, 0, idx)
+        model_health = pair[1] if pair is not None else None
+        ttft = model_health.ewma_ttft_s if model_health is not None else None
+        if ttft is None or not ttft > 0:
+            speed: tuple[Any, ...] = (0, 0, idx)
         else:
-            speed = (1, math.floor(math.log(ttft) / math.log(TTFT_BAND)), rng.random() if rng else idx)
-        usable.append(((not entry.loaded, -server.priority, inflight.get(server.url, 0), speed), cand))
-    usable.sort(key=lambda item: item[0])
-    skipped.sort(key=lambda item: item[0])
+            speed = (1, math.floor(math.log(ttft) / _LOG_BAND), rng.random() if rng else idx)
+        usable.append(((not warm, -server.priority, inflight.get(server.url, 0), speed), cand))
+    usable.sort(key=_first)
+    skipped.sort(key=_first)
     candidates = [c for _, c in usable]
     rest = [c for _, c in skipped]
     if not candidates and rest:
         soonest = rest.pop(0)
         candidates = [Candidate(server=soonest.server, warm=soonest.warm, state="forced")]
     return Route(candidates=candidates, skipped=rest)
+
+
+def _first(item: tuple[Any, Candidate]) -> Any:
+    return item[0]
