@@ -261,6 +261,26 @@ def test_item06_deadline_with_a_slow_consumer_says_the_caller_held_the_stream(fl
     assert "while" not in str(info.value).split("exceeded", 1)[1].split(";")[0]  # does not blame the server
 
 
+def test_item06_deadline_holds_when_done_arrives_late_behind_a_slow_consumer(fleet, client_kind, request):
+    # The server's done arrives at ~0.27 s, after the 0.2 s deadline; the consumer holds
+    # the first token for 0.5 s, so the first read after the deadline has the done chunk.
+    if client_kind == "async":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "engine: ChatSession.receive() (aicortex/_session.py) checks the deadline only when the "
+            "batch it was fed did not complete the attempt (`not self.attempt_done`); the async driver "
+            "reads everything buffered at once (AsyncBody.read: read_nowait), so a done chunk that "
+            "arrived after the deadline in the same batch completes the reply with no DeadlineExceeded "
+            "(the sync driver reads one chunk at a time and raises)")))
+    fl = fleet(1, scripts=[Script(tokens=TOKENS, token_delay=0.03)],
+               timeout=Timeouts(connect=0.5, first_token=2, first_token_cold=2, stall=2, deadline=0.2))
+    stream = fl.client.chat("hi", model=MODEL, stream=True)
+    with pytest.raises(DeadlineExceeded) as info:
+        for event in stream:
+            if event.type == "token" and event.index == 0:
+                time.sleep(0.5)
+    assert "the caller held the stream" in str(info.value)
+
+
 # -- item 7: a per-call number keeps the client's deadline ----------------------------------------
 def test_item07_per_call_timeout_number_keeps_the_client_deadline(fleet):
     fl = fleet(1, scripts=[Script(tokens=TOKENS, blackhole=True)], timeout=Timeouts(deadline=0.5))
@@ -590,7 +610,7 @@ def test_item24_bad_timeout_type_and_unknown_keyword(fleet):
 
 
 # -- the fault matrix ----------------------------------------------------------------------------------
-MATRIX_T = Timeouts(connect=0.3, first_token=0.3, first_token_cold=0.3, stall=0.3)
+MATRIX_T = Timeouts(connect=0.3, first_token=0.2, first_token_cold=0.2, stall=0.2)
 
 
 def _raw_tokens(n):
@@ -608,15 +628,25 @@ FAULTS = {
     # before: keep-alive blank lines for longer than the first-token limit; after: three
     # tokens, then whitespace, then the body ends without done
     "drip_then_nothing": (Script(tokens=TOKENS, drip=0.05, drip_for=3.0), Script(raw=_raw_tokens(3) + b"\n" * 50)),
-    "gzip_breaks": (Script(tokens=TOKENS, gzip=True, drop_after=0), Script(tokens=TOKENS, gzip=True, drop_after=3)),
-    "http10_ends_early": (Script(tokens=TOKENS, http10=True, drop_after=0), Script(tokens=TOKENS, http10=True, drop_after=3)),
+    # before: a gzip head, then a compressed line that is not JSON and the connection
+    # closes; after: the compressed stream is cut after 3 tokens (no gzip trailer)
+    "gzip_breaks": (Script(tokens=TOKENS, gzip=True, malformed_after=0), Script(tokens=TOKENS, gzip=True, drop_after=3)),
+    # an HTTP/1.0 body (ended by closing the connection) that ends before done
+    "http10_ends_early": (Script(tokens=TOKENS, http10=True, end_without_done_after=0), Script(tokens=TOKENS, http10=True, drop_after=3)),
     "done_then_hold": (Script(tokens=TOKENS, hold_after_done=5), Script(tokens=TOKENS, hold_after_done=5)),
 }
 
 
-@pytest.mark.parametrize("policy", ["continue", "restart", "raise"])
-@pytest.mark.parametrize("when", ["before", "after3"])
-@pytest.mark.parametrize("kind", list(FAULTS))
+MATRIX = [
+    (kind, when, policy)
+    for kind in FAULTS
+    for when in ("before", "after3")
+    for policy in ("continue", "restart", "raise")
+    if not (kind == "done_then_hold" and when == "after3")  # a success: "when" means nothing
+]
+
+
+@pytest.mark.parametrize("kind,when,policy", MATRIX)
 def test_fault_matrix(fleet, kind, when, policy):
     script = FAULTS[kind][0 if when == "before" else 1]
     fl = fleet(2, scripts=[script, Script(tokens=TOKENS)], timeout=MATRIX_T, on_midstream=policy)
