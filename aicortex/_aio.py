@@ -17,7 +17,6 @@ server that drips blank lines or spaces cannot hold a read open past them.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import sys
 import zlib
 from typing import TYPE_CHECKING, Any, Awaitable, Mapping, TypeVar
@@ -26,7 +25,6 @@ import aiohttp
 
 from ._exceptions import (
     AICortexError,
-    ConfigError,
     ConnectError,
     ConnectTimeout,
     FirstTokenTimeout,
@@ -36,7 +34,7 @@ from ._exceptions import (
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
 from ._protocol import encode_body
-from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _status_error, show_object
+from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _status_error, show_object, ssl_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
@@ -56,17 +54,6 @@ async def _within(aw: Awaitable[T], until: float | None) -> T:
     return await asyncio.wait_for(aw, max(0.0, until - asyncio.get_running_loop().time()))  # pragma: no cover
 
 
-def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
-    if verify is True:
-        return ssl.create_default_context()
-    if verify is False:
-        return False
-    try:
-        return ssl.create_default_context(cafile=verify)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"verify={verify!r}: cannot load the CA bundle ({exc}); pass True, False or a readable CA file") from exc
-
-
 class AsyncTransport:
     """Streams /api/chat and fetches bounded JSON probes over one ``aiohttp.ClientSession``.
 
@@ -79,7 +66,7 @@ class AsyncTransport:
     """
 
     def __init__(self, *, headers: Mapping[str, str] | None = None, verify: bool | str = True, max_connections: int = 100) -> None:
-        self._ssl = _ssl_context(verify)
+        self._ssl = ssl_context(verify)
         self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -185,7 +172,15 @@ class AsyncTransport:
             async with self._get_session().request(method, server + path, data=data, headers=headers, timeout=timeout, allow_redirects=False) as response:
                 if response.status >= 300:
                     raise await self._status_error(server, response)
-                payload = await response.content.read(limit + 1)
+                pieces: list[bytes] = []
+                size = 0
+                while size <= limit:
+                    piece = await response.content.readany()
+                    if not piece:
+                        break
+                    pieces.append(piece)
+                    size += len(piece)
+                payload = b"".join(pieces)
         except AICortexError:
             raise
         except aiohttp.ServerTimeoutError as exc:

@@ -426,6 +426,11 @@ class ChatSession:
         if self.attempt_done:
             return []
         assert self._decoder is not None
+        if self._deadline_until is not None and self._clock() >= self._deadline_until:
+            # Read after the deadline (e.g. the caller held the stream): nothing more counts.
+            server = self._plan.server if self._plan else ""
+            self._attempt_error = self._deadline_error(what=f"while {server} was still sending the reply")
+            return []
         try:
             chunks = self._decoder.feed(data)
         except ServerError as exc:

@@ -51,7 +51,7 @@ from ._protocol import encode_body, error_text
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
 
-__all__ = ["Transport", "SyncBody", "USER_AGENT", "DRAIN_BYTES", "DRAIN_S", "MAX_PROBE_BYTES", "show_object"]
+__all__ = ["Transport", "SyncBody", "ssl_context", "USER_AGENT", "DRAIN_BYTES", "DRAIN_S", "MAX_PROBE_BYTES", "show_object"]
 
 #: Longest probe reply read (/api/tags, /api/ps, /api/version, /api/show), in bytes.
 MAX_PROBE_BYTES = 8 << 20
@@ -89,18 +89,13 @@ class Transport:
     ) -> None:
         self._owns = client is None
         self._server_headers: dict[str, dict[str, str]] = {}
-        try:
-            self._client = client or httpx.Client(
-                # identity: the body is read raw (iter_raw), so a compressed reply is never asked for
-                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
-                verify=verify,
-                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
-                follow_redirects=False,
-            )
-        except (OSError, ssl.SSLError, ValueError, TypeError) as exc:
-            raise ConfigError(
-                f"verify={verify!r}: cannot set up TLS ({exc}); pass True, False or a readable CA bundle file"
-            ) from exc
+        self._client = client or httpx.Client(
+            # identity: the body is read raw (iter_raw), so a compressed reply is never asked for
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
+            verify=ssl_context(verify),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+            follow_redirects=False,
+        )
         self._watchdog = _Watchdog()
 
     def close(self) -> None:
@@ -212,6 +207,23 @@ class Transport:
 
 
 _NO_HEADERS: Mapping[str, str] = {}
+
+
+def ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
+    """TLS settings for both transports: ``True`` (verify with the system's CAs),
+    ``False`` (no verification), or the path of a CA bundle file.
+
+    Raises:
+        ConfigError: the CA bundle cannot be read.
+    """
+    if verify is True:
+        return ssl.create_default_context()
+    if verify is False:
+        return False
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError, ValueError, TypeError) as exc:
+        raise ConfigError(f"verify={verify!r}: cannot load the CA bundle ({exc}); pass True, False or a readable CA file") from exc
 
 
 class _Watchdog:

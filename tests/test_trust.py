@@ -164,11 +164,6 @@ def chunk(content, done=False, **extra):
 
 # -- item 1: only AICortexError leaves the library ------------------------------------------------
 def test_item01_bad_verify_path_is_config_error_and_opens_no_registry(client_kind, tmp_path, request):
-    if client_kind == "sync":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "engine: Transport.__init__ (aicortex/_transport.py) passes verify=<str> straight to "
-            "httpx.Client, whose ssl.create_default_context(cafile=...) raises FileNotFoundError; "
-            "only the async transport (_aio._ssl_context) translates it to ConfigError")))
     db = tmp_path / "reg.db"
     with pytest.raises(ConfigError):
         make_client(client_kind, str(db), verify=str(tmp_path / "no-such-ca.pem"))
@@ -264,13 +259,6 @@ def test_item06_deadline_with_a_slow_consumer_says_the_caller_held_the_stream(fl
 def test_item06_deadline_holds_when_done_arrives_late_behind_a_slow_consumer(fleet, client_kind, request):
     # The server's done arrives at ~0.27 s, after the 0.2 s deadline; the consumer holds
     # the first token for 0.5 s, so the first read after the deadline has the done chunk.
-    if client_kind == "async":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "engine: ChatSession.receive() (aicortex/_session.py) checks the deadline only when the "
-            "batch it was fed did not complete the attempt (`not self.attempt_done`); the async driver "
-            "reads everything buffered at once (AsyncBody.read: read_nowait), so a done chunk that "
-            "arrived after the deadline in the same batch completes the reply with no DeadlineExceeded "
-            "(the sync driver reads one chunk at a time and raises)")))
     fl = fleet(1, scripts=[Script(tokens=TOKENS, token_delay=0.03)],
                timeout=Timeouts(connect=0.5, first_token=2, first_token_cold=2, stall=2, deadline=0.2))
     stream = fl.client.chat("hi", model=MODEL, stream=True)
@@ -346,10 +334,6 @@ def test_item10_continuation_that_repeats_the_opening_words_is_kept(fleet, secon
 
 
 # -- item 11: HTTP 400 to a prefill restarts on that server --------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "engine: a 400 to a continuation is decided as Decision('next', 'restart') (_failover.decide) and "
-    "ChatSession.next_candidate() only moves forward, so the restart goes to the NEXT candidate; with "
-    "the 400 on the last one the reply ends in AllServersFailed instead of restarting on that server"))
 def test_item11_http_400_to_a_prefill_restarts_on_that_server(fleet):
     fl = fleet(2, scripts=[Script(tokens=TOKENS, drop_after=3), Script(tokens=TOKENS)])
     fl.fakes[1].push(Script(status=400, error="prefill not supported"))
@@ -543,12 +527,6 @@ _BIG_VALID_TAGS = json.dumps({"models": [
 def test_item22_probe_replies_are_bounded_and_read_in_full(client_kind, size, request):
     from aicortex._transport import MAX_PROBE_BYTES
 
-    if client_kind == "async":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "engine: AsyncTransport.request_json (aicortex/_aio.py) reads the probe with one "
-            "`await response.content.read(limit + 1)`, which returns what is buffered (up to limit+1), "
-            "not the whole reply: an oversized /api/tags is cut and reported as 'not JSON' instead of "
-            "'longer than', and a valid multi-segment reply (~700 KB) marks a healthy server down")))
     if size == "oversized":
         tags = b'{"models":[' + b" " * (MAX_PROBE_BYTES + 1024) + b"]}"
     else:
