@@ -14,6 +14,8 @@ Importing this package opens no file and no connection; httpx and sqlite-utils a
 loaded when the first :class:`Client` is built.
 """
 
+from typing import TYPE_CHECKING
+
 from ._client import AsyncClient, ChatCall, Client, chat, list_model_servers, models, refresh
 from ._bench import BenchResult
 from ._config import Timeouts
@@ -48,6 +50,9 @@ from ._session import Candidate
 from ._store import Snapshot
 from ._stream import AsyncStream, Stream
 from ._version import __version__
+
+if TYPE_CHECKING:  # type checkers see the class; at run time it loads on first use (below)
+    from ._registry import Registry
 
 __all__ = [
     "__version__",

@@ -287,7 +287,7 @@ def _salvage(content: aiohttp.StreamReader) -> bytes:
     reader's buffer directly."""
     try:
         if getattr(content, "_buffer", None):
-            return bytes(content._read_nowait(-1))  # type: ignore[attr-defined]
+            return bytes(content._read_nowait(-1))
     except Exception:  # pragma: no cover - another aiohttp layout: nothing to save
         pass
     return b""

@@ -107,8 +107,10 @@ class BaseClient:
         self._transport = self._make_transport(headers=headers, verify=verify, max_connections=max_connections)
         if isinstance(registry, Registry):
             self.registry, self._owns_registry = registry, False
-        elif _looks_like_url(registry) or (isinstance(registry, (list, tuple)) and registry and all(isinstance(u, str) for u in registry)):
-            urls = [registry] if isinstance(registry, str) else list(registry)
+        elif isinstance(registry, str) and _looks_like_url(registry) or (
+            isinstance(registry, (list, tuple)) and registry and all(isinstance(u, str) for u in registry)
+        ):
+            urls: list[str] = [registry] if isinstance(registry, str) else list(registry)
             self.registry, self._owns_registry = Registry.memory(), True
             for url in urls:
                 self.registry.add(url)
@@ -676,7 +678,7 @@ def _client_for(registry: Any) -> Client:
             if client is None:
                 client = Client(registry)
                 registry._aicortex_client = client
-            return client  # type: ignore[no-any-return]
+            return client
         key = os.fspath(registry) if registry is not None else None
         client = _clients.get(key)
         if client is None:
@@ -694,18 +696,36 @@ def _close_all() -> None:
 
 
 @overload
-def chat(prompt: Any, *, stream: Literal[False] = False, registry: Any = None, **kw: Any) -> Reply: ...
+def chat(
+    prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[False] = False, model: str | None = ..., system: str | None = ..., options: Mapping[str, Any] | None = ...,
+    format: str | Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
+    tools: Sequence[Mapping[str, Any]] | None = ..., on_midstream: MidstreamPolicy | None = ...,
+    timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
+    keep_events: bool | None = ..., registry: "Registry | str | os.PathLike[str] | None" = ...,
+) -> Reply: ...
 @overload
-def chat(prompt: Any, *, stream: Literal[True], registry: Any = None, **kw: Any) -> Stream: ...
+def chat(
+    prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[True], model: str | None = ..., system: str | None = ..., options: Mapping[str, Any] | None = ...,
+    format: str | Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
+    tools: Sequence[Mapping[str, Any]] | None = ..., on_midstream: MidstreamPolicy | None = ...,
+    timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
+    keep_events: bool | None = ..., registry: "Registry | str | os.PathLike[str] | None" = ...,
+) -> Stream: ...
 
 
-def chat(prompt: "str | Sequence[Mapping[str, Any]]", *, stream: bool = False, registry: Any = None, **kw: Any) -> Reply | Stream:
+def chat(
+    prompt: "str | Sequence[Mapping[str, Any]]",
+    *,
+    stream: bool = False,
+    registry: "Registry | str | os.PathLike[str] | None" = None,
+    **kw: Any,
+) -> Reply | Stream:
     """:meth:`Client.chat` on the default client (or the shared client of ``registry``).
 
     ``registry`` is a :class:`Registry`, a registry file path or ``None`` (default
     registry). Every other keyword is :meth:`Client.chat`'s: ``model``, ``system``,
     ``options``, ``format``, ``think``, ``keep_alive``, ``tools``, ``on_midstream``,
-    ``timeout``. Same returns and raises.
+    ``timeout``, ``servers``, ``keep_events``. Same returns and raises.
     """
     return _client_for(registry).chat(prompt, stream=stream, **kw)  # type: ignore[call-overload,no-any-return]
 

@@ -118,7 +118,8 @@ def probe(transport: "Transport", url: str, *, connect_timeout_s: float | None, 
             except ServerError as exc:
                 reply = exc
     except StopIteration as stop:
-        return replace(stop.value, url=url)
+        result: ProbeResult = stop.value
+        return replace(result, url=url)
 
 
 async def aprobe(transport: "AsyncTransport", url: str, *, connect_timeout_s: float | None, read_timeout_s: float | None) -> ProbeResult:
@@ -133,7 +134,8 @@ async def aprobe(transport: "AsyncTransport", url: str, *, connect_timeout_s: fl
             except ServerError as exc:
                 reply = exc
     except StopIteration as stop:
-        return replace(stop.value, url=url)
+        result: ProbeResult = stop.value
+        return replace(result, url=url)
 
 
 def store_result(registry: "Registry", r: ProbeResult) -> None:

@@ -102,7 +102,7 @@ def cooldown_s(failures: int) -> float:
     """Cooldown after the ``failures``-th consecutive failure: 5, 10, 20 ... up to 300 s."""
     if failures <= 0:
         return 0.0
-    return min(MAX_COOLDOWN_S, BASE_COOLDOWN_S * 2 ** min(failures - 1, 16))
+    return float(min(MAX_COOLDOWN_S, BASE_COOLDOWN_S * 2 ** min(failures - 1, 16)))
 
 
 def breaker_state(h: Health, now: float) -> BreakerState:

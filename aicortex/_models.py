@@ -92,7 +92,7 @@ class Usage:
         """
         count, duration_ns = self.eval_count, self.eval_duration_ns
         try:
-            if not (count > 0 and duration_ns > 0):  # None, 0, NaN, negatives
+            if count is None or duration_ns is None or not (count > 0 and duration_ns > 0):  # 0, NaN, negatives
                 return None
             rate = float(count / (duration_ns / 1e9))
             return rate if math.isfinite(rate) else None

@@ -131,7 +131,7 @@ class NDJSONDecoder:
             return []
         if buf:
             buf += data
-            lines = buf.split(b"\n")
+            lines = bytes(buf).split(b"\n")
             buf.clear()
         else:  # the hot path: whole lines, nothing pending
             lines = data.split(b"\n")
@@ -489,7 +489,7 @@ def error_text(body: bytes) -> str:
     try:
         obj = None if _too_deep(body) else json.loads(body)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
-            return obj["error"]
+            return str(obj["error"])
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
         pass
     text = body.decode("utf-8", "replace").strip()

@@ -751,11 +751,11 @@ class Registry:
                 for record, change in outcome_changes(o):
                     new = change(self._health_of(sid, record))
                     if new is not None:
-                        self.db["health"].upsert(
+                        self.db.table("health").upsert(
                             {"server_id": sid, "model": record, **dataclasses.asdict(new)}, pk=("server_id", "model")
                         )
                 if o.error is not None and o.kind in ("failure", "backoff"):
-                    self.db["servers"].update(sid, {"last_error": o.error, "updated_at": o.at})
+                    self.db.table("servers").update(sid, {"last_error": o.error, "updated_at": o.at})
 
     def claim_trial(self, url: str, model: str, now: float) -> bool:
         """Claim the half-open trial of ``url`` for ``model`` across processes (one write
@@ -771,7 +771,7 @@ class Registry:
             ok, (srv, mod) = try_claim((self._health_of(row["id"], ""), self._health_of(row["id"], key)), now)
             for record, new in (("", srv), (key, mod)):
                 if new is not None:
-                    self.db["health"].upsert(
+                    self.db.table("health").upsert(
                         {"server_id": row["id"], "model": record, **dataclasses.asdict(new)}, pk=("server_id", "model")
                     )
             return ok

@@ -283,7 +283,7 @@ class ChatSession:
         deadline = self.timeouts.deadline
         if deadline is None or self._started is None:
             return None
-        return deadline - (self._clock() - self._started)
+        return float(deadline) - (self._clock() - self._started)
 
     def next_candidate(self) -> Candidate | None:
         """The next server to try, or ``None`` (then :attr:`fatal` says why: every

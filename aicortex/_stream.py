@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Generator, Iterator, Mapping
 
 from ._exceptions import IncompleteStream, ServerError
 from ._flow import Admit, Close, KnownPrefill, Learn, Open, Read, Record, Show, chat_flow
@@ -48,7 +48,7 @@ class _Held:
         return body
 
 
-def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Iterator[StreamEvent]:
+def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Generator[StreamEvent, None, None]:
     """Perform the flow's effects with blocking I/O (the sync driver)."""
     fleet, flow, clock = held.fleet, chat_flow(s), time.monotonic
     send: Any = None
@@ -94,7 +94,7 @@ def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Iterator
             fleet.record(outcome)
 
 
-async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held) -> AsyncIterator[StreamEvent]:
+async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held) -> AsyncGenerator[StreamEvent, None]:
     """Perform the flow's effects with awaits (the async driver)."""
     fleet, flow, clock = held.fleet, chat_flow(s), time.monotonic
     send: Any = None
@@ -277,7 +277,7 @@ class Stream(_Results):
         super().__init__(session, keep_events)
         # The driver does not reference the Stream, so dropping the Stream frees it at
         # once and closes the connection.
-        self._gen: Iterator[StreamEvent] = _drive_sync(session, transport, _Held(fleet))
+        self._gen: Generator[StreamEvent, None, None] = _drive_sync(session, transport, _Held(fleet))
 
     def __iter__(self) -> Iterator[StreamEvent]:
         return self._loop()
@@ -356,7 +356,7 @@ class AsyncStream(_Results):
     def __init__(self, session: ChatSession, transport: "AsyncTransport", fleet: "FleetView", *, keep_events: bool = True) -> None:
         super().__init__(session, keep_events)
         self._held = _Held(fleet)
-        self._agen = _drive_async(session, transport, self._held)
+        self._agen: AsyncGenerator[StreamEvent, None] = _drive_async(session, transport, self._held)
         self._started = False
 
     def __aiter__(self) -> "AsyncStream":

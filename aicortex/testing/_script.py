@@ -51,7 +51,7 @@ def default_error(status: int, model: str = "") -> str:
         return f"status code {status}"
 
 
-def _as_tuple(value: Any, name: str) -> tuple:
+def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
     if isinstance(value, (str, dict)):
         return (value,)
     try:
@@ -235,5 +235,5 @@ class RequestRecord:
     def model(self) -> str | None:
         """The ``model`` field of a JSON object body, else None."""
         if isinstance(self.body, dict) and isinstance(self.body.get("model"), str):
-            return self.body["model"]
+            return str(self.body["model"])
         return None

@@ -129,7 +129,7 @@ class _Stream:
             return payload
         return b"%x\r\n%s\r\n" % (len(payload), payload)
 
-    def _send(self, data: bytes, before: dict | None = None, undo: dict | None = None) -> None:
+    def _send(self, data: bytes, before: dict[str, Any] | None = None, undo: dict[str, Any] | None = None) -> None:
         before = dict(before or {})
         if not self.started:
             headers = [("Content-Type", "application/x-ndjson")]
@@ -143,11 +143,11 @@ class _Stream:
             self.started = True
         self.conn.send_recorded(self.rec, data, before, undo)
 
-    def raw_line(self, line: bytes, before: dict | None = None, undo: dict | None = None) -> None:
+    def raw_line(self, line: bytes, before: dict[str, Any] | None = None, undo: dict[str, Any] | None = None) -> None:
         """Send ``line`` as body bytes (framed, compressed as the reply is); b"" sends just the head."""
         self._send(self._frame(line), before, undo)
 
-    def line(self, obj: Any, before: dict | None = None, undo: dict | None = None) -> None:
+    def line(self, obj: Any, before: dict[str, Any] | None = None, undo: dict[str, Any] | None = None) -> None:
         self.raw_line(go_json(obj) + b"\n", before, undo)
 
     def end(self) -> None:
@@ -221,7 +221,7 @@ class Connection:
             except OSError:
                 raise _ClientGone from None
 
-    def send_recorded(self, rec: MutableRecord, data: bytes, before: dict, undo: dict | None = None) -> None:
+    def send_recorded(self, rec: MutableRecord, data: bytes, before: dict[str, Any], undo: dict[str, Any] | None = None) -> None:
         """Update ``rec`` with ``before``, then send (so a client never sees bytes the record
         does not account for yet); if the client is gone, apply ``undo`` and re-raise."""
         if before:
@@ -296,14 +296,14 @@ class Connection:
                     break
                 body += self._read_exact(size)
                 self._read_line()
-            body = bytes(body)
+            data = bytes(body)
         else:
             try:
                 length = int(headers.get("content-length") or 0)
             except ValueError:
                 raise _BadRequest from None
-            body = self._read_exact(length)
-        return Request(parts[0], parts[1], parts[2], headers, body)
+            data = self._read_exact(length)
+        return Request(parts[0], parts[1], parts[2], headers, data)
 
     def run(self) -> None:
         try:
@@ -376,7 +376,7 @@ class Connection:
             return self.reply_json(req, rec, 200, show_response(listed, fake._modified_at, fake.template))
         return self.generate(req, rec, "chat" if path == "/api/chat" else "generate", body)
 
-    def _parse_body(self, req: Request, path: str) -> tuple[dict, tuple[int, str] | None]:
+    def _parse_body(self, req: Request, path: str) -> tuple[dict[str, Any], tuple[int, str] | None]:
         if not req.body.strip():
             if path == "/api/chat":
                 return {}, (400, "model is required")
@@ -397,7 +397,7 @@ class Connection:
             return {}, (400, "json: cannot unmarshal into Go struct field of type string (model)")
         return body, None
 
-    def generate(self, req: Request, rec: MutableRecord, kind: str, body: dict) -> bool:
+    def generate(self, req: Request, rec: MutableRecord, kind: str, body: dict[str, Any]) -> bool:
         fake, chat = self.fake, kind == "chat"
         model = body.get("model") or ""
         if not model:
@@ -447,7 +447,7 @@ class _Generation:
     """Plays one Script for one /api/chat or /api/generate request."""
 
     def __init__(
-        self, conn: Connection, req: Request, rec: MutableRecord, kind: str, body: dict, model: str, script: Script
+        self, conn: Connection, req: Request, rec: MutableRecord, kind: str, body: dict[str, Any], model: str, script: Script
     ) -> None:
         self.conn, self.req, self.rec, self.kind = conn, req, rec, kind
         self.body, self.model, self.script = body, model, script
@@ -457,7 +457,7 @@ class _Generation:
         self.emitted = False
         self.acc_content: list[str] = []
         self.acc_thinking: list[str] = []
-        self.acc_tools: list[dict] = []
+        self.acc_tools: list[dict[str, Any]] = []
         self.eval_count = 0
         self.t_first: int | None = None
 
@@ -482,10 +482,10 @@ class _Generation:
         self,
         content: str,
         thinking: str = "",
-        tool_calls: list | None = None,
+        tool_calls: list[Any] | None = None,
         done: bool = False,
-        tail: dict | None = None,
-    ) -> dict:
+        tail: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """One reply object in Ollama's field order (chat: message{...}; generate: response)."""
         d: dict[str, Any] = {"model": self.model, "created_at": rfc3339()}
         if self.chat:
@@ -526,7 +526,7 @@ class _Generation:
             self.conn.wait(self.script.token_delay)
 
     def emit(
-        self, content: str = "", thinking: str = "", tool_calls: list | None = None, count: int | None = None
+        self, content: str = "", thinking: str = "", tool_calls: list[Any] | None = None, count: int | None = None
     ) -> None:
         """Send (or, for stream:false, collect) one chunk; ``count`` = content tokens sent after it."""
         self.pace()
@@ -553,7 +553,7 @@ class _Generation:
             chars = len(str(self.body.get("prompt") or "")) + len(str(self.body.get("system") or "")) + 16
         return max(1, chars // 4)
 
-    def final_tail(self) -> dict:
+    def final_tail(self) -> dict[str, Any]:
         now = time.perf_counter_ns()
         first = self.t_first if self.t_first is not None else now
         tail: dict[str, Any] = {}
