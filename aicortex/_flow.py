@@ -95,13 +95,16 @@ class Open:
 
 
 class Read:
-    """Read the next bytes of the body: by ``until`` (absolute ``time.monotonic`` seconds,
-    or ``None``), and, once output flows, with at most ``stall_s`` seconds of silence."""
+    """Hand out ``events`` (a list, possibly empty) first, then read the next bytes of the
+    body: by ``until`` (absolute ``time.monotonic`` seconds, or ``None``), and, once output
+    flows, with at most ``stall_s`` seconds of silence. (One effect for both halves of
+    the hot loop: a chunk's events, then the next read.)"""
 
-    __slots__ = ("until", "stall_s")
+    __slots__ = ("until", "stall_s", "events")
 
     def __init__(self, until: float | None, stall_s: float | None) -> None:
         self.until, self.stall_s = until, stall_s
+        self.events: list[Any] = []
 
 
 class Close:
@@ -164,22 +167,29 @@ def chat_flow(s: ChatSession) -> Step:
         if opened is not None:
             s.transport_failed(opened)
         else:
-            read = None
-            while not s.attempt_done:
-                until, stall = s.read_limits()
-                if read is None or read.until != until or read.stall_s != stall:
-                    read = Read(until, stall)
+            read = Read(*s.read_limits())
+            flowing = False  # output has begun: the limits change once, at the first output
+            events = []
+            while True:
+                read.events = events
                 data = yield read
                 if data.__class__ is bytes:
                     events = s.receive(data) if data else s.receive_eof()
-                    if events:
-                        yield events
                     if not data:
                         break
                 elif data is TIMED_OUT:
+                    events = []
                     s.timed_out()
                 else:
+                    events = []
                     s.transport_failed(data)
+                if s.attempt_done:
+                    break
+                if not flowing and s.has_output:
+                    flowing = True
+                    read = Read(*s.read_limits())
+            if events:
+                yield events
         events = s.end_attempt()
         if s.learned_prefill is not None:
             yield Learn(url, s.model, s.learned_prefill)

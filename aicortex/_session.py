@@ -220,6 +220,11 @@ class ChatSession:
         return self._attempt_error
 
     @property
+    def has_output(self) -> bool:
+        """The current attempt produced its first output (token, thinking or tool call)."""
+        return self._attempt_first is not None
+
+    @property
     def attempt_done(self) -> bool:
         """The current attempt has ended (``done: true`` seen, or it failed)."""
         return self._done or self._attempt_error is not None

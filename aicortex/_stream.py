@@ -65,6 +65,10 @@ def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Generato
                 yield from item
                 s.consumer_s += clock() - t0
             elif cls is Read:
+                if item.events:
+                    t0 = clock()
+                    yield from item.events
+                    s.consumer_s += clock() - t0
                 send = held.body.read(item.until)
             elif cls is Record:
                 fleet.record(item.outcome)
@@ -112,6 +116,11 @@ async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held)
                     yield event
                 s.consumer_s += clock() - t0
             elif cls is Read:
+                if item.events:
+                    t0 = clock()
+                    for event in item.events:
+                        yield event
+                    s.consumer_s += clock() - t0
                 send = await held.body.read(item.until, item.stall_s)
             elif cls is Record:
                 fleet.record(item.outcome)
@@ -285,12 +294,13 @@ class Stream(_Results):
     def _loop(self) -> Iterator[StreamEvent]:
         # A generator only the for loop holds: on ``break`` the loop drops it, it is
         # finalised at once, and the stream is closed.
+        if self._closed:
+            return
+        events = self._events
         try:
-            while True:
-                try:
-                    event = self.__next__()
-                except StopIteration:
-                    return
+            for event in self._gen:
+                if events is not None:
+                    events.append(event)
                 yield event
         finally:
             self.close()
