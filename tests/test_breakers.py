@@ -211,3 +211,28 @@ def test_many_threads_share_one_client_and_registry_file(fakes, tmp_path):
     assert errors == [] and texts == ["".join(TOKENS)] * 40
     client.close()
     client.registry.close()
+
+
+def test_another_processs_breaker_trip_reaches_this_process_by_itself(fakes, tmp_path):
+    """The fleet view reloads what other processes wrote about once a second, with no
+    call from the caller: after another process trips s0's breaker, this process stops
+    sending to s0 on its own."""
+    s0, s1 = fakes(2)
+    db = tmp_path / "shared.db"
+    client = _client(db, [s0, s1])
+    s0.kill()
+    other = textwrap.dedent(f"""
+        from aicortex import Client, Registry, Timeouts
+        with Client(Registry({str(db)!r}, seed=False), timeout=Timeouts.of(0.8), spread_load=False) as c:
+            print(c.chat("q", model={MODEL!r}).server)
+    """)
+    out = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == s1.url, out.stderr
+    waited = time.monotonic()
+    while client.fleet.health(s0.url).failures == 0 and time.monotonic() - waited < 10:
+        time.sleep(0.05)  # the background thread syncs about once a second
+    assert client.fleet.health(s0.url).failures == 1
+    s0.start()
+    assert client.chat("q", model=MODEL).server == s1.url and s0.chat_requests == []
+    client.close()
+    client.registry.close()
