@@ -34,7 +34,7 @@ from ._exceptions import (
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
 from ._protocol import encode_body
-from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _status_error, show_object, ssl_context
+from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, show_object, ssl_context, status_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
@@ -136,18 +136,8 @@ class AsyncTransport:
             data = await _within(response.content.read(_MAX_ERROR_BODY), asyncio.get_running_loop().time() + 5.0)
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
             data = b""
-        err = _status_error(server, response.status, data, response.headers.get("Content-Type", ""))
-        location = response.headers.get("Location")
-        if 300 <= response.status < 400 and location:
-            from ._exceptions import HTTPStatusError
-
-            return HTTPStatusError(
-                f"HTTP {response.status} redirect to {location[:200]} (not followed: register the server's real URL)",
-                server=server,
-                status_code=response.status,
-                error=err.error,
-            )
-        return err
+        h = response.headers
+        return status_error(server, response.status, data, h.get("Content-Type", ""), h.get("Location"))
 
     async def request_json(
         self,

@@ -621,6 +621,10 @@ class Registry:
             row = self._find(server)
             return self._health_of(row["id"], model_key(model) if model else "") if row else Health()
 
+    def _put_health(self, server_id: int, model: str, health: Health) -> None:
+        """Write one health record (inside a write transaction)."""
+        self.db.table("health").upsert({"server_id": server_id, "model": model, **dataclasses.asdict(health)}, pk=("server_id", "model"))
+
     def _health_of(self, server_id: int, model: str) -> Health:
         rows = list(self.db.query("select * from health where server_id = ? and model = ?", [server_id, model]))
         if not rows:
@@ -660,9 +664,7 @@ class Registry:
             if new is not None:
                 if new.last_error is not None and len(new.last_error) > MAX_ERROR_CHARS:
                     new = dataclasses.replace(new, last_error=short_error(new.last_error))
-                self.db.table("health").upsert(
-                    {"server_id": row["id"], "model": key, **dataclasses.asdict(new)}, pk=("server_id", "model")
-                )
+                self._put_health(row["id"], key, new)
             return new
 
     def record_bench(self, model: str, result: Any) -> None:
@@ -751,9 +753,7 @@ class Registry:
                 for record, change in outcome_changes(o):
                     new = change(self._health_of(sid, record))
                     if new is not None:
-                        self.db.table("health").upsert(
-                            {"server_id": sid, "model": record, **dataclasses.asdict(new)}, pk=("server_id", "model")
-                        )
+                        self._put_health(sid, record, new)
                 if o.error is not None and o.kind in ("failure", "backoff"):
                     self.db.table("servers").update(sid, {"last_error": o.error, "updated_at": o.at})
 
@@ -771,9 +771,7 @@ class Registry:
             ok, (srv, mod) = try_claim((self._health_of(row["id"], ""), self._health_of(row["id"], key)), now)
             for record, new in (("", srv), (key, mod)):
                 if new is not None:
-                    self.db.table("health").upsert(
-                        {"server_id": row["id"], "model": record, **dataclasses.asdict(new)}, pk=("server_id", "model")
-                    )
+                    self._put_health(row["id"], record, new)
             return ok
 
     def close(self) -> None:

@@ -51,7 +51,7 @@ from ._protocol import encode_body, error_text
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
 
-__all__ = ["Transport", "SyncBody", "ssl_context", "USER_AGENT", "DRAIN_BYTES", "DRAIN_S", "MAX_PROBE_BYTES", "show_object"]
+__all__ = ["Transport", "SyncBody", "ssl_context", "status_error", "USER_AGENT", "DRAIN_BYTES", "DRAIN_S", "MAX_PROBE_BYTES", "show_object"]
 
 #: Longest probe reply read (/api/tags, /api/ps, /api/version, /api/show), in bytes.
 MAX_PROBE_BYTES = 8 << 20
@@ -59,9 +59,19 @@ USER_AGENT = f"aicortex/{__version__} httpx/{httpx.__version__}"
 _MAX_ERROR_BODY = 64 * 1024
 
 
-def _status_error(server: str, status: int, body: bytes, content_type: str) -> HTTPStatusError:
+def status_error(server: str, status: int, body: bytes, content_type: str, location: str | None = None) -> HTTPStatusError:
+    """The error of an HTTP error reply (both transports): ``BadRequest`` (400),
+    ``ServerModelNotFound`` (a JSON 404 "model not found"), else ``HTTPStatusError``; a
+    3xx names its ``Location`` (redirects are not followed)."""
     text = error_text(body)
     msg = f"HTTP {status}: {text}"
+    if 300 <= status < 400 and location:
+        return HTTPStatusError(
+            f"HTTP {status} redirect to {location[:200]} (not followed: register the server's real URL)",
+            server=server,
+            status_code=status,
+            error=text,
+        )
     if status == 400:
         return BadRequest(msg, server=server, status_code=status, error=text)
     if status == 404 and "json" in content_type and "not found" in text:
@@ -122,17 +132,8 @@ class Transport:
         return body
 
     def _status_error(self, server: str, response: httpx.Response, data: bytes) -> HTTPStatusError:
-        err = _status_error(server, response.status_code, data, response.headers.get("content-type", ""))
-        location = response.headers.get("location")
-        if 300 <= response.status_code < 400 and location:
-            err = HTTPStatusError(
-                f"HTTP {response.status_code} redirect to {location[:200]} (not followed: register the server's "
-                "real URL)",
-                server=server,
-                status_code=response.status_code,
-                error=err.error,
-            )
-        return err
+        h = response.headers
+        return status_error(server, response.status_code, data, h.get("content-type", ""), h.get("location"))
 
     @staticmethod
     def _read_bounded(response: httpx.Response, server: str, limit: int = _MAX_ERROR_BODY) -> bytes:
