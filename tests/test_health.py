@@ -104,3 +104,44 @@ def test_randomness_only_among_measured_equals():
     orders = {tuple(_names(order_candidates(entries, health, rng=random.Random(seed)))) for seed in range(30)}
     assert len(orders) > 1  # equals are shuffled
     assert {tuple(_names(order_candidates(entries, {}, rng=random.Random(s)))) for s in range(10)} == {("s0", "s1", "s2")}
+
+
+def test_failures_of_requests_already_in_flight_count_as_one_outage():
+    """8 streams cut by one crash: the first failure opens the breaker for 5 s; the other 7
+    began before it was counted, so they add to the lifetime count only."""
+    from aicortex._health import after_failure
+
+    t0 = 1000.0
+    h = Health()
+    for i in range(8):
+        h = after_failure(h, t0 + 0.001 * i, "connection lost", started_at=t0 - 1.0)
+    assert h.failures == 1 and h.total_failures == 8
+    assert h.open_until == t0 + 5.0
+    # A request that started after the outage was counted is a new failure: longer cooldown.
+    h = after_failure(h, t0 + 6.0, "connection refused", started_at=t0 + 5.5)
+    assert h.failures == 2 and h.open_until == t0 + 6.0 + 10.0
+
+
+def test_equal_servers_are_ordered_by_requests_in_flight():
+    from aicortex import ModelEntry, Server
+    from aicortex._routing import order_candidates
+
+    entries = [(Server(url=f"http://s{i}:11434", name=f"s{i}"), ModelEntry("m", loaded=True)) for i in range(4)]
+    route = order_candidates(entries, {}, now=0.0, inflight={"http://s0:11434": 3, "http://s1:11434": 1, "http://s3:11434": 2})
+    assert [c.server.name for c in route.candidates] == ["s2", "s1", "s3", "s0"]
+    # Warmth and priority still come first.
+    entries[0] = (Server(url="http://s0:11434", name="s0", priority=5), ModelEntry("m", loaded=True))
+    route = order_candidates(entries, {}, now=0.0, inflight={"http://s0:11434": 3})
+    assert route.candidates[0].server.name == "s0"
+
+
+def test_a_released_trial_is_half_open_again_at_once():
+    from aicortex._health import Outcome, claim_trial, outcome_changes
+
+    now = 1000.0
+    h = Health(failures=2, open_until=now - 1)
+    claimed = claim_trial(h, now)
+    assert claimed is not None and breaker_state(claimed, now + 1) == "open"
+    (record, release), _ = outcome_changes(Outcome(server="u", model="m", kind="release", at=now + 1, trial=True))
+    released = release(claimed)
+    assert record == "" and released is not None and breaker_state(released, now + 1) == "half_open"
