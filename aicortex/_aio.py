@@ -106,7 +106,7 @@ class AsyncTransport:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=plan.connect_timeout_s)
         try:
             response = await _within(
-                self._get_session().post(server + "/api/chat", data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
+                self._get_session().post(server + plan.path, data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
                 until,
             )
         except aiohttp.ServerTimeoutError as exc:  # also an asyncio.TimeoutError: test it first

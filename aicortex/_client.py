@@ -197,27 +197,74 @@ class BaseClient:
         on_midstream: MidstreamPolicy | None,
         timeout: "Timeouts | float | dict[str, float | None] | None",
     ) -> Generator[str, "Route", ChatSession]:
-        """Prepare one chat: validate everything the caller gave (``ConfigError`` before
-        any request), then receive the route for the model (sent in by the caller, which
-        refreshes first if needed) and build the session."""
+        """Prepare one chat (see :meth:`_prepare`)."""
+        messages = build_messages(prompt, system)
+        request = {"options": options, "format": format, "think": think, "keep_alive": keep_alive, "tools": tools}
+        return self._prepare("chat", model, on_midstream, timeout, request, messages=messages)
+
+    def _prepare(
+        self,
+        endpoint: str,
+        model: str | None,
+        on_midstream: MidstreamPolicy | None,
+        timeout: "Timeouts | float | dict[str, float | None] | None",
+        request: dict[str, Any],
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str = "",
+    ) -> Generator[str, "Route", ChatSession]:
+        """Prepare one request: validate everything the caller gave (``ConfigError``
+        before any request, here and not after ``start``), then receive the route for the
+        model (sent in by the caller, which refreshes first if needed) and build the session."""
         name = _require_model(model or self.model or env_model())
         policy = on_midstream or self.on_midstream
         _check_policy(policy)
-        messages = build_messages(prompt, system)
         timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
-        request = {"options": options, "format": format, "think": think, "keep_alive": keep_alive, "tools": tools}
-        encode_body({"messages": messages, **request})  # ConfigError now, not after "start"
+        encode_body({"messages": messages, "prompt": prompt, **request})
         route = yield name
         return ChatSession(
             model=name,
-            messages=messages,
+            messages=messages or (),
             candidates=route.candidates,
             skipped=route.skipped,
             timeouts=timeouts,
             policy=policy,
             request=request,
             headers=_server_headers(c.server for c in route.candidates + route.skipped),
+            endpoint=endpoint,
+            prompt=prompt,
         )
+
+    def _generate_session(
+        self,
+        prompt: str,
+        *,
+        model: str | None,
+        suffix: str | None,
+        system: str | None,
+        template: str | None,
+        context: Sequence[int] | None,
+        raw: bool | None,
+        images: "Sequence[str | bytes | os.PathLike[str]] | None",
+        format: str | Mapping[str, Any] | None,
+        options: Mapping[str, Any] | None,
+        think: bool | str | None,
+        keep_alive: str | float | None,
+        on_midstream: MidstreamPolicy | None,
+        timeout: "Timeouts | float | dict[str, float | None] | None",
+    ) -> Generator[str, "Route", ChatSession]:
+        """Prepare one /api/generate request (see :meth:`_prepare`)."""
+        from ._protocol import build_generate_body
+
+        if not isinstance(prompt, str):
+            raise ConfigError(f"prompt must be a str, got {type(prompt).__name__}")
+        request: dict[str, Any] = {
+            "suffix": suffix, "system": system, "template": template, "context": context, "raw": raw,
+            "images": encode_images(images), "format": format, "options": options, "think": think,
+            "keep_alive": keep_alive,
+        }
+        build_generate_body("m", prompt, **request)  # raw with template/system/context: ConfigError now
+        return self._prepare("generate", model, on_midstream, timeout, request, prompt=prompt)
 
     def _close_registry(self) -> None:
         self._fleet.close()
@@ -256,6 +303,27 @@ _CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model
             BadRequest: HTTP 400 from a server (no failover: the request is wrong).
             DeadlineExceeded: the total deadline ran out.
             With ``stream=True`` the last three are raised while iterating.
+        """
+
+
+_GENERATE_DOC = """A completion from the fleet over Ollama /api/generate (``docs/api.md``,
+        "Generate a completion"), with the same events, metrics, routing and failover
+        rules as :meth:`chat`.
+
+        Mid-stream, a ``raw=True`` prompt is continued exactly on the next server (the
+        prompt plus the partial text, no template in between); any other prompt restarts
+        (a ``reset`` event), since the server's template would wrap the partial text.
+
+        Args:
+            prompt: the prompt text.
+            suffix, system, template, context, raw, format, options, think, keep_alive:
+                passed to Ollama as they are (``raw`` cannot go with ``template``,
+                ``system`` or ``context``: a ``ConfigError``).
+            images: file paths, raw ``bytes`` or base64 strings (sent as base64).
+            stream, model, on_midstream, timeout, servers, keep_events: as :meth:`chat`.
+
+        Returns a :class:`Reply` (``reply.context`` holds Ollama's final ``context`` when
+        not raw) or, with ``stream=True``, a stream. Raises as :meth:`chat`.
         """
 
 
@@ -431,6 +499,62 @@ class Client(BaseClient):
             prompt, model=model, system=system, options=options, format=format, think=think,
             keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
         )
+        return self._run(prep, stream, servers, keep_events)
+
+    chat.__doc__ = _CHAT_DOC
+
+    @overload
+    def generate(
+        self, prompt: str, *, stream: Literal[False] = False, model: str | None = ..., suffix: str | None = ..., system: str | None = ...,
+        template: str | None = ..., context: Sequence[int] | None = ..., raw: bool | None = ...,
+        images: "Sequence[str | bytes | os.PathLike[str]] | None" = ..., format: str | Mapping[str, Any] | None = ...,
+        options: Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
+        on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
+        servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+    ) -> Reply: ...
+    @overload
+    def generate(
+        self, prompt: str, *, stream: Literal[True], model: str | None = ..., suffix: str | None = ..., system: str | None = ...,
+        template: str | None = ..., context: Sequence[int] | None = ..., raw: bool | None = ...,
+        images: "Sequence[str | bytes | os.PathLike[str]] | None" = ..., format: str | Mapping[str, Any] | None = ...,
+        options: Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
+        on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
+        servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+    ) -> Stream: ...
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        stream: bool = False,
+        model: str | None = None,
+        suffix: str | None = None,
+        system: str | None = None,
+        template: str | None = None,
+        context: Sequence[int] | None = None,
+        raw: bool | None = None,
+        images: "Sequence[str | bytes | os.PathLike[str]] | None" = None,
+        format: str | Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        think: bool | str | None = None,
+        keep_alive: str | float | None = None,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        servers: Sequence[str] | None = None,
+        keep_events: bool | None = None,
+    ) -> Reply | Stream:
+        prep = self._generate_session(
+            prompt, model=model, suffix=suffix, system=system, template=template, context=context, raw=raw,
+            images=images, format=format, options=options, think=think, keep_alive=keep_alive,
+            on_midstream=on_midstream, timeout=timeout,
+        )
+        return self._run(prep, stream, servers, keep_events)
+
+    generate.__doc__ = _GENERATE_DOC
+
+    def _run(
+        self, prep: Generator[str, "Route", ChatSession], stream: bool, servers: Sequence[str] | None, keep_events: bool | None
+    ) -> Reply | Stream:
         name = next(prep)
         route = self.route(name)
         if servers is not None:
@@ -442,8 +566,6 @@ class Client(BaseClient):
             return s
         with s:
             return s.reply()
-
-    chat.__doc__ = _CHAT_DOC
 
 
 class AsyncClient(BaseClient):
@@ -573,6 +695,39 @@ class AsyncClient(BaseClient):
         ``stream=True``, the :class:`AsyncStream`), or use it as ``async with`` (streams).
         """
 
+    def generate(
+        self,
+        prompt: str,
+        *,
+        stream: bool = False,
+        model: str | None = None,
+        suffix: str | None = None,
+        system: str | None = None,
+        template: str | None = None,
+        context: Sequence[int] | None = None,
+        raw: bool | None = None,
+        images: "Sequence[str | bytes | os.PathLike[str]] | None" = None,
+        format: str | Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        think: bool | str | None = None,
+        keep_alive: str | float | None = None,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        servers: Sequence[str] | None = None,
+        keep_events: bool | None = None,
+    ) -> "ChatCall":
+        prep = self._generate_session(
+            prompt, model=model, suffix=suffix, system=system, template=template, context=context, raw=raw,
+            images=images, format=format, options=options, think=think, keep_alive=keep_alive,
+            on_midstream=on_midstream, timeout=timeout,
+        )
+        keep = self.keep_events if keep_events is None else keep_events
+        return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream)
+
+    generate.__doc__ = _GENERATE_DOC + """
+        Returns a :class:`ChatCall`, as :meth:`chat` does.
+        """
+
 
 class ChatCall:
     """The pending result of :meth:`AsyncClient.chat`: awaitable, and with
@@ -611,6 +766,41 @@ class ChatCall:
     async def __aexit__(self, *exc: object) -> None:
         if self._open is not None:
             await self._open.aclose()
+
+
+def encode_images(images: "Sequence[str | bytes | os.PathLike[str]] | None") -> list[str] | None:
+    """Ollama's ``images`` (base64 strings, ``docs/api.md``) from paths, raw bytes or
+    base64 strings. A ``str`` that names an existing file is read; any other ``str`` is
+    taken as base64 already.
+
+    Raises:
+        ConfigError: a path that cannot be read, or a value of another type.
+    """
+    import base64
+
+    if images is None:
+        return None
+    if isinstance(images, (str, bytes, os.PathLike)):
+        images = [images]
+    out = []
+    for i, image in enumerate(images):
+        if isinstance(image, (bytes, bytearray)):
+            out.append(base64.b64encode(bytes(image)).decode())
+            continue
+        if isinstance(image, (str, os.PathLike)):
+            path = os.fspath(image)
+            looks_like_file = isinstance(image, os.PathLike) or (len(path) < 4096 and os.path.isfile(path))
+            if looks_like_file:
+                try:
+                    with open(path, "rb") as f:
+                        out.append(base64.b64encode(f.read()).decode())
+                except OSError as exc:
+                    raise ConfigError(f"images[{i}]: cannot read {path!r} ({exc})") from exc
+            else:
+                out.append(path)
+            continue
+        raise ConfigError(f"images[{i}] is a {type(image).__name__}: pass a file path, bytes or a base64 string")
+    return out
 
 
 def _finish(prep: Generator[str, "Route", ChatSession], route: "Route") -> ChatSession:

@@ -328,7 +328,7 @@ def _log_outcome(o: Outcome, changes: list[tuple[str, Health, Health]]) -> None:
         what = f"{o.server}" + (f" model {record}" if record else "")
         if new.failures > old.failures:
             cooldown = (new.open_until or o.at) - o.at
-            logger.warning("aicortex: circuit breaker open for %s: cooldown %.0f s after %d failures", what, cooldown, new.failures)
+            logger.info("aicortex: circuit breaker open for %s: cooldown %.0f s after %d failures", what, cooldown, new.failures)
         elif old.failures and not new.failures:
             logger.info("aicortex: circuit breaker closed for %s: it answered again", what)
 

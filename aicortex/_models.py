@@ -150,6 +150,8 @@ class Reply:
         ttft_s: seconds from the request to the first content/thinking chunk.
         tokens_per_second: client-measured tokens/s after the first token, or ``None``.
         model: the model name asked for.
+        context: for :meth:`~aicortex.Client.generate` without ``raw``, Ollama's final
+            ``context`` (token ids to pass back for a follow-up), else ``None``.
 
     ``str(reply)`` is ``reply.text``.
     """
@@ -162,6 +164,7 @@ class Reply:
     ttft_s: float | None
     tokens_per_second: float | None = None
     model: str = ""
+    context: tuple[int, ...] | None = None
 
     @property
     def thinking(self) -> str:

@@ -31,6 +31,8 @@ __all__ = [
     "parse_ps",
     "parse_version",
     "encode_body",
+    "parse_generate_chunk",
+    "build_generate_body",
 ]
 
 #: Longest NDJSON line accepted, in bytes (1 MiB). A token chunk is ~150 bytes; a final
@@ -219,11 +221,12 @@ def _preview(data: bytes | bytearray, limit: int = 80) -> str:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One /api/chat stream chunk, reduced to what a client acts on.
+    """One /api/chat or /api/generate stream chunk, reduced to what a client acts on.
 
     ``error`` is set (and everything else empty) for an ``{"error": ...}`` line; it is
     checked first, as the real server may add ``done``/``done_reason`` beside it.
-    ``usage`` is set only on the ``done: true`` chunk.
+    ``usage`` is set only on the ``done: true`` chunk; ``context`` only on the final
+    chunk of a non-raw /api/generate (Ollama's token ids of the exchange).
     """
 
     content: str = ""
@@ -232,6 +235,7 @@ class Chunk:
     done: bool = False
     error: str | None = None
     usage: Usage | None = None
+    context: tuple[int, ...] | None = None
 
 
 _USAGE_FIELDS = (
@@ -322,13 +326,85 @@ def parse_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
     calls = message.get("tool_calls") or ()
     if not isinstance(content, str) or not isinstance(thinking, str) or not _valid_tool_calls(calls):
         raise ProtocolError(f"chat chunk with malformed message fields: {_json_preview(obj)}", server=server)
-    usage = None
-    if done:
-        values: dict[str, Any] = {name: _count(obj.get(wire)) for wire, name in _USAGE_FIELDS}
-        reason = obj.get("done_reason")
-        values["done_reason"] = reason if isinstance(reason, str) and reason else None
-        usage = Usage(**values)
+    usage = _usage(obj) if done else None
     return Chunk(content=content, thinking=thinking, tool_calls=tuple(calls), done=bool(done), usage=usage)
+
+
+def _usage(obj: Mapping[str, Any]) -> Usage:
+    values: dict[str, Any] = {name: _count(obj.get(wire)) for wire, name in _USAGE_FIELDS}
+    reason = obj.get("done_reason")
+    values["done_reason"] = reason if isinstance(reason, str) and reason else None
+    return Usage(**values)
+
+
+def parse_generate_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
+    """Interpret one decoded /api/generate line (Ollama ``docs/api.md``, "Generate a
+    completion"): ``response`` text, ``thinking``, ``done``; the final chunk's usage
+    figures and ``context`` (a list of ints, kept only when it is one).
+
+    Raises:
+        ProtocolError: none of ``error``, ``response`` or ``done``, or a field of the
+            wrong type.
+    """
+    err = obj.get("error")
+    if err is not None:
+        return Chunk(error=err if isinstance(err, str) else _error_value(err))
+    done = obj.get("done")
+    content = obj.get("response")
+    if content is None and done is None:
+        raise ProtocolError(f"generate chunk without response or done: {_json_preview(obj)}", server=server)
+    thinking = obj.get("thinking") or ""
+    if not isinstance(content or "", str) or not isinstance(thinking, str) or not isinstance(done, (bool, type(None))):
+        raise ProtocolError(f"generate chunk with malformed fields: {_json_preview(obj)}", server=server)
+    if not done:
+        return Chunk(content=content or "", thinking=thinking)
+    ctx = obj.get("context")
+    context = None
+    if isinstance(ctx, list) and len(ctx) <= 1 << 20 and all(type(t) is int for t in ctx):
+        context = tuple(ctx)
+    return Chunk(content=content or "", thinking=thinking, done=True, usage=_usage(obj), context=context)
+
+
+def build_generate_body(
+    model: str,
+    prompt: str,
+    *,
+    suffix: str | None = None,
+    system: str | None = None,
+    template: str | None = None,
+    context: Sequence[int] | None = None,
+    raw: bool | None = None,
+    images: Sequence[str] | None = None,
+    format: str | Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    think: bool | str | None = None,
+    keep_alive: str | float | None = None,
+) -> dict[str, Any]:
+    """The JSON body of a streamed POST /api/generate (Ollama ``docs/api.md``).
+    ``None`` fields are left out; ``images`` are base64 strings already.
+
+    Raises:
+        ConfigError: ``raw`` together with ``template``, ``system`` or ``context``
+            (Ollama answers 400 "raw mode does not support template, system, or context").
+    """
+    if raw and (template or system or context):
+        raise ConfigError("raw=True cannot be combined with template, system or context (Ollama refuses it): drop them or raw")
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "stream": True}
+    for key, value in (
+        ("suffix", suffix), ("system", system), ("template", template), ("raw", raw), ("keep_alive", keep_alive),
+        ("think", think),
+    ):
+        if value is not None:
+            body[key] = value
+    if context:
+        body["context"] = list(context)
+    if images:
+        body["images"] = list(images)
+    if format is not None and format != "":
+        body["format"] = format
+    if options:
+        body["options"] = dict(options)
+    return body
 
 
 def build_messages(prompt: str | Sequence[Mapping[str, Any]], system: str | None = None) -> list[dict[str, Any]]:

@@ -29,7 +29,16 @@ from ._exceptions import (
 from ._failover import Decision, MidstreamPolicy, decide
 from ._health import Outcome
 from ._models import Attempt, Server, StreamEvent, Usage, token_event
-from ._protocol import NDJSONDecoder, build_chat_body, continuation_messages, iter_tool_calls, model_key, parse_chunk
+from ._protocol import (
+    NDJSONDecoder,
+    build_chat_body,
+    build_generate_body,
+    continuation_messages,
+    iter_tool_calls,
+    model_key,
+    parse_chunk,
+    parse_generate_chunk,
+)
 
 __all__ = ["Candidate", "AttemptPlan", "ChatSession", "MIN_CONTINUE_CHARS", "CONSUMER_BOUND_SHARE"]
 
@@ -73,6 +82,7 @@ class AttemptPlan:
         warm: the model was listed by the server's /api/ps.
         trial: this attempt holds the server's half-open trial.
         headers: extra HTTP headers for this server (``Server.headers_env``, resolved).
+        path: ``"/api/chat"`` or ``"/api/generate"``.
     """
 
     server: str
@@ -85,6 +95,7 @@ class AttemptPlan:
     warm: bool
     trial: bool = False
     headers: Mapping[str, str] | None = None
+    path: str = "/api/chat"
 
 
 def _min(*values: float | None) -> float | None:
@@ -123,11 +134,17 @@ class ChatSession:
         request: Mapping[str, Any] | None = None,
         skipped: Sequence[Candidate] = (),
         headers: Mapping[str, Mapping[str, str]] | None = None,
+        endpoint: str = "chat",
+        prompt: str = "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.model = model
         self.messages = [dict(m) for m in messages]
+        #: ``"chat"`` (/api/chat, ``messages``) or ``"generate"`` (/api/generate, ``prompt``).
+        self.endpoint = endpoint
+        self.prompt = prompt
+        self.context: tuple[int, ...] | None = None  # /api/generate's final context
         self.candidates = list(candidates)
         self.timeouts = timeouts
         self.policy = policy
@@ -154,6 +171,11 @@ class ChatSession:
         self._attempts: list[Attempt] = []
         self._resume = "fresh"
         self._continue_ok = format_allows_continue(self.request.get("format"))
+        if endpoint == "generate" and not self.request.get("raw"):
+            # Only a raw prompt can be continued exactly (prompt + partial text, no
+            # template in between: ollama-protocol §4.2); a templated one restarts.
+            self._continue_ok = False
+        self._parse = parse_generate_chunk if endpoint == "generate" else parse_chunk
         self.fatal: AICortexError | None = None
         self.complete = False
         self.usage: Usage | None = None
@@ -317,7 +339,7 @@ class ChatSession:
     def needs_prefill_knowledge(self) -> bool:
         """The next attempt continues a partial reply: the flow asks whether its server
         honours a prefill before planning it (see :meth:`plan_attempt`)."""
-        return self._resume == "continue"
+        return self._resume == "continue" and self.endpoint == "chat"
 
     def plan_attempt(self, cand: Candidate, *, prefill: bool | None = None, trial: bool = False) -> tuple[AttemptPlan, list[StreamEvent]]:
         """The plan of the attempt on ``cand`` and the events announcing it.
@@ -332,10 +354,14 @@ class ChatSession:
             self._sent = self._clock()
         previous = self._plan
         mode = self._resume
-        messages = self.messages
-        if mode == "continue":
-            messages = continuation_messages(self.messages, self.text)
-        body = build_chat_body(self.model, messages, **self.request)
+        if self.endpoint == "generate":
+            prompt = self.prompt + self.text if mode == "continue" else self.prompt
+            body = build_generate_body(self.model, prompt, **self.request)
+        else:
+            messages = self.messages
+            if mode == "continue":
+                messages = continuation_messages(self.messages, self.text)
+            body = build_chat_body(self.model, messages, **self.request)
         t = self.timeouts
         first = t.first_token if cand.warm else t.first_token_cold
         plan = AttemptPlan(
@@ -349,6 +375,7 @@ class ChatSession:
             warm=cand.warm,
             trial=trial,
             headers=self._headers.get(cand.server.url),
+            path="/api/generate" if self.endpoint == "generate" else "/api/chat",
         )
         self._plan = plan
         self._cand = cand
@@ -385,8 +412,8 @@ class ChatSession:
                 self._index = 0
                 self._tok_count = 0
                 self._emitted = False
-            self._prefix = self.text if mode == "continue" and prefill is False else ""
-        self._kept = self.text if mode == "continue" else ""
+            self._prefix = self.text if mode == "continue" and prefill is False and self.endpoint == "chat" else ""
+        self._kept = self.text if mode == "continue" and self.endpoint == "chat" else ""
         return plan, events
 
     # -- limits ------------------------------------------------------------------------------
@@ -495,7 +522,7 @@ class ChatSession:
                         self._emit_token(content, now, events)
                         continue
             try:
-                chunk = parse_chunk(obj, server=plan.server)
+                chunk = self._parse(obj, server=plan.server)
             except ServerError as exc:
                 self._attempt_error = exc
                 return events
@@ -532,6 +559,7 @@ class ChatSession:
                 self._drop_held_repeat()
                 self._done = True
                 self.usage = chunk.usage
+                self.context = chunk.context
                 return events
         return events
 

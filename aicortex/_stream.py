@@ -190,6 +190,7 @@ class _Results:
             ttft_s=s.ttft_s,
             tokens_per_second=s.tokens_per_second,
             model=s.model,
+            context=s.context,
         )
 
     @property

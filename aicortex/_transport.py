@@ -332,7 +332,7 @@ class SyncBody:
         timeout = httpx.Timeout(connect=plan.connect_timeout_s, read=first, write=plan.connect_timeout_s, pool=plan.connect_timeout_s)
         headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **(plan.headers or {})}
         request = t._client.build_request(
-            "POST", server + "/api/chat", content=encode_body(plan.body), timeout=timeout, headers=headers,
+            "POST", server + plan.path, content=encode_body(plan.body), timeout=timeout, headers=headers,
             extensions={"trace": self._trace},
         )
         t._watchdog.arm(self, None if first is None else time.monotonic() + first)
