@@ -20,6 +20,7 @@ from ._client import AsyncClient, ChatCall, Client, chat, list_model_servers, mo
 from ._bench import BenchResult
 from ._config import Timeouts
 from ._discovery import ProbeResult, RefreshReport
+from ._embed import EmbedResult
 from ._fleet import FleetView
 from ._health import Health, Outcome
 from ._exceptions import (
@@ -77,6 +78,7 @@ __all__ = [
     "ModelList",
     "Timeouts",
     # types that appear in signatures
+    "EmbedResult",
     "RefreshReport",
     "ProbeResult",
     "BenchResult",

@@ -73,8 +73,9 @@ class AsyncTransport:
         self._server_headers: dict[str, dict[str, str]] = {}
 
     def set_server_headers(self, headers: Mapping[str, Mapping[str, str]]) -> None:
-        """``{url: headers}`` sent to that server only, besides the client's own."""
-        self._server_headers = {url: dict(h) for url, h in headers.items() if h}
+        """``{url: headers}`` sent to that server only, besides the client's own (merged
+        into what was set before)."""
+        self._server_headers.update({url: dict(h) for url, h in headers.items() if h})
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ._bench import BenchResult
     from ._discovery import ProbeResult, RefreshReport
+    from ._embed import EmbedPlan, EmbedResult
     from ._fleet import FleetView
     from ._registry import Registry
     from ._routing import Route
@@ -234,6 +235,36 @@ class BaseClient:
             endpoint=endpoint,
             prompt=prompt,
         )
+
+    def _embed_plan(
+        self,
+        input: "str | Sequence[str]",
+        model: str | None,
+        route_for: "Callable[[str], Route]",
+        *,
+        truncate: bool | None,
+        dimensions: int | None,
+        options: Mapping[str, Any] | None,
+        keep_alive: str | float | None,
+        batch_size: int | None,
+        timeout: "Timeouts | float | dict[str, float | None] | None",
+        servers: Sequence[str] | None,
+    ) -> "tuple[EmbedPlan, Timeouts]":
+        from ._embed import EmbedPlan
+
+        inputs = [input] if isinstance(input, str) else input
+        if not isinstance(inputs, (list, tuple)) or not inputs or not all(isinstance(t, str) for t in inputs):
+            raise ConfigError("input must be a str or a non-empty list of str")
+        name = _require_model(model or self.model or env_model())
+        timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
+        request = {"truncate": truncate, "dimensions": dimensions, "options": options, "keep_alive": keep_alive}
+        encode_body(request)
+        route = route_for(name)
+        if servers is not None:
+            route = self._pinned(route, name, servers)
+        self._transport.set_server_headers(_server_headers(c.server for c in route.candidates))
+        plan = EmbedPlan(name, inputs, route.candidates, batch_size=batch_size, request=request, deadline_s=timeouts.deadline)
+        return plan, timeouts
 
     def _generate_session(
         self,
@@ -552,6 +583,52 @@ class Client(BaseClient):
 
     generate.__doc__ = _GENERATE_DOC
 
+    def embed(
+        self,
+        input: "str | Sequence[str]",
+        *,
+        model: str | None = None,
+        truncate: bool | None = None,
+        dimensions: int | None = None,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        batch_size: int | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        servers: Sequence[str] | None = None,
+    ) -> "EmbedResult":
+        """Embed ``input`` (one text or a list) with ``model`` across the fleet (Ollama
+        ``POST /api/embed``, ``docs/api.md`` "Generate Embeddings").
+
+        A list is split into batches spread over every healthy server that lists the
+        model, embedded concurrently (one request at a time per server; a faster server
+        takes more batches) and returned in input order. A batch whose server fails is
+        retried on another; that server takes no more batches in this call.
+
+        Args:
+            input: a ``str`` or a list of ``str``.
+            model, timeout, servers: as :meth:`chat` (the read timeout of a batch is
+                ``first_token_cold``; ``deadline`` bounds the whole call).
+            truncate, dimensions, options, keep_alive: passed to Ollama as they are.
+            batch_size: inputs per request (default 64, fewer to give every server work).
+
+        Returns an :class:`~aicortex.EmbedResult` (``.embeddings``: one list of floats per
+        input).
+
+        Raises:
+            ConfigError: no model, an input that is not text, a bad ``batch_size``.
+            ModelNotFound: no enabled server lists the model.
+            AllServersFailed: a batch failed on every server.
+            BadRequest: HTTP 400 (the request itself is wrong).
+            DeadlineExceeded: the deadline ran out.
+        """
+        from ._embed import embed_sync
+
+        plan, timeouts = self._embed_plan(
+            input, model, self.route, truncate=truncate, dimensions=dimensions, options=options,
+            keep_alive=keep_alive, batch_size=batch_size, timeout=timeout, servers=servers,
+        )
+        return embed_sync(plan, self._transport, self._fleet, timeouts)
+
     def _run(
         self, prep: Generator[str, "Route", ChatSession], stream: bool, servers: Sequence[str] | None, keep_events: bool | None
     ) -> Reply | Stream:
@@ -694,6 +771,29 @@ class AsyncClient(BaseClient):
         Returns a :class:`ChatCall`: ``await`` it for the :class:`Reply` (or, with
         ``stream=True``, the :class:`AsyncStream`), or use it as ``async with`` (streams).
         """
+
+    async def embed(
+        self,
+        input: "str | Sequence[str]",
+        *,
+        model: str | None = None,
+        truncate: bool | None = None,
+        dimensions: int | None = None,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        batch_size: int | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        servers: Sequence[str] | None = None,
+    ) -> "EmbedResult":
+        """As :meth:`Client.embed`, with one asyncio task per server."""
+        from ._embed import embed_async
+
+        await self._maybe_refresh()
+        plan, timeouts = self._embed_plan(
+            input, model, self._route_now, truncate=truncate, dimensions=dimensions, options=options,
+            keep_alive=keep_alive, batch_size=batch_size, timeout=timeout, servers=servers,
+        )
+        return await embed_async(plan, self._transport, self._fleet, timeouts)
 
     def generate(
         self,

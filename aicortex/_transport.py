@@ -203,8 +203,9 @@ class Transport:
         return self._server_headers.get(server, _NO_HEADERS)
 
     def set_server_headers(self, headers: Mapping[str, Mapping[str, str]]) -> None:
-        """``{url: headers}`` sent to that server only, besides the client's own."""
-        self._server_headers = {url: dict(h) for url, h in headers.items() if h}
+        """``{url: headers}`` sent to that server only, besides the client's own (merged
+        into what was set before)."""
+        self._server_headers.update({url: dict(h) for url, h in headers.items() if h})
 
 
 _NO_HEADERS: Mapping[str, str] = {}
