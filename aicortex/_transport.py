@@ -22,6 +22,7 @@ import heapq
 import json
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -283,6 +284,20 @@ class _Watchdog:
             del body
 
 
+def _sending_stream() -> Any:
+    """The network stream of the httpcore connection whose trace callback is running
+    (``HTTP11Connection.handle_request`` holds it as ``_network_stream``), or ``None``."""
+    frame: Any = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return None
+        stream = getattr(frame.f_locals.get("self"), "_network_stream", None)
+        if stream is not None:
+            return stream
+        frame = frame.f_back
+    return None
+
+
 class SyncBody:
     """The body of one streamed /api/chat attempt (sync), read by the driver's ``Read``."""
 
@@ -310,6 +325,11 @@ class SyncBody:
     def _trace(self, name: str, info: Mapping[str, Any]) -> None:
         if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self._stream = info.get("return_value")
+        elif name == "http11.send_request_headers.started" and self._stream is None:
+            # A keep-alive connection from the pool: no connect to trace. Its stream is
+            # the one of the HTTP/1.1 connection sending this request (the caller's frame),
+            # so the watchdog can also cut the header phase of a reused connection.
+            self._stream = _sending_stream()
 
     def fire(self) -> None:
         """The hard limit passed: shut the socket down so the blocked read returns."""

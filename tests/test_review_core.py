@@ -133,3 +133,122 @@ def test_async_cancel_while_opening_leaves_no_request_in_flight(afleet):
             return client.fleet.inflight(url)
 
     assert asyncio.run(main()) == 0
+
+
+class DripHeadServer:
+    """An Ollama-ish HTTP/1.1 server on 127.0.0.1 with keep-alive connections: the probes
+    answer normally, and ``POST /api/chat`` sends its status line and then one header
+    line every ``every`` seconds, never ending the head (until the client goes away)."""
+
+    def __init__(self, every=0.1):
+        self.every = every
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.chats = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn):
+        import json
+
+        buf = b""
+        conn.settimeout(0.05)
+        try:
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(65536)
+                    except socket.timeout:
+                        if self._stop.is_set():
+                            return
+                        continue
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                buf = buf[length:]
+                if path == "/api/chat":
+                    self.chats += 1
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                    i = 0
+                    while not self._stop.is_set():
+                        time.sleep(self.every)
+                        conn.sendall(b"X-Drip-%d: x\r\n" % i)
+                        i += 1
+                    return
+                if path == "/api/version":
+                    body = {"version": "0.12.6"}
+                elif path == "/api/tags":
+                    body = {"models": [{"name": MODEL, "model": MODEL, "digest": "d", "size": 1, "details": {}, "modified_at": "2025-01-01T00:00:00Z"}]}
+                elif path == "/api/ps":
+                    body = {"models": [{"name": MODEL, "model": MODEL, "digest": "d", "size": 1, "details": {}, "expires_at": "2099-01-01T00:00:00Z"}]}
+                else:
+                    body = {}
+                data = json.dumps(body).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self.sock.close()
+
+
+# -- 2. sync: the first-token limit holds in the header phase of a reused keep-alive connection -----
+def test_first_token_limit_holds_while_a_reused_connection_drips_its_head(client_kind):
+    """The watchdog shuts down the socket it learnt from httpcore's ``connect_tcp`` trace;
+    on a keep-alive connection taken from the pool there is no connect, so in the header
+    phase it had no socket to shut down, and a server that drips header lines (each
+    within the per-read timeout) held the request past the first-token limit for ever."""
+    server = DripHeadServer(every=0.1)
+    registry = Registry.memory()
+    registry.add(server.url, name="drip")
+    client = make_client(client_kind, registry, timeout=FAST, spread_load=False)
+    try:
+        client.refresh()  # the probes leave keep-alive connections in the pool
+        assert client.route(MODEL).candidates
+        result = {}
+
+        def run():
+            t0 = time.monotonic()
+            try:
+                client.chat("hi", model=MODEL)
+            except AICortexError as exc:
+                result["error"] = exc
+            result["elapsed"] = time.monotonic() - t0
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(5.0)
+        assert not t.is_alive(), "the first-token limit of 0.5 s did not hold: still waiting after 5 s"
+        assert result["elapsed"] < 2.0
+        assert "first token" in str(result["error"])
+    finally:
+        server.close()
+        client.close()
+        registry.close()
