@@ -252,3 +252,43 @@ def test_first_token_limit_holds_while_a_reused_connection_drips_its_head(client
         server.close()
         client.close()
         registry.close()
+
+
+# -- 3. async: a task cancelled while its half-open trial is being claimed gives it back ------------
+def test_async_cancel_during_the_trial_claim_gives_the_trial_back(afleet, tmp_path):
+    """``admit_async`` claims the trial in memory, then waits (at most 0.25 s) for the
+    store's claim. A cancellation in that wait left the in-memory claim standing: the
+    server was "open" (skipped) for the whole 30 s trial window, though nobody tried it."""
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    fl = afleet(2, registry=Registry(path, seed=False))
+    s0 = fl.urls[0]
+
+    async def main():
+        async with AsyncClient(fl.registry, **fl.client_kw) as client:
+            await client.refresh()
+            fl.registry.update_health(s0, "", lambda h: Health(failures=1, open_until=time.time() - 1))
+            await asyncio.to_thread(client.fleet.reload)
+            assert (await client.route(MODEL)).candidates[0].state == "half_open"
+            blocker = sqlite3.connect(str(path), check_same_thread=False)
+            blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the store claim waits
+            try:
+                stream = await client.chat("hi", model=MODEL, stream=True)
+                assert (await stream.__anext__()).type == "start"
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(stream.__anext__(), 0.1)  # cancelled while admitting
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            await asyncio.sleep(0.3)  # the store claim completes in its worker thread
+            await asyncio.to_thread(client.fleet.flush)
+            await asyncio.to_thread(client.fleet.reload)
+            state = (await client.route(MODEL)).candidates[0]
+            reply = await client.chat("hi", model=MODEL)
+            return state, reply
+
+    state, reply = asyncio.run(main())
+    assert state.server.url == s0 and state.state == "half_open"
+    assert reply.server == s0  # the trial, at once
+
