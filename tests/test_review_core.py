@@ -292,3 +292,33 @@ def test_async_cancel_during_the_trial_claim_gives_the_trial_back(afleet, tmp_pa
     assert state.server.url == s0 and state.state == "half_open"
     assert reply.server == s0  # the trial, at once
 
+
+# -- 4. async: a task cancelled while asking the trial server's /api/show gives the trial back ------
+def test_async_cancel_during_the_show_of_a_trial_server_gives_the_trial_back(afleet):
+    """Before continuing a reply on a server, the flow admits it (claims its half-open
+    trial) and then asks its ``/api/show``. The trial only travels with the attempt's plan,
+    made after that answer: a cancellation while ``/api/show`` was awaited (up to 2 s)
+    kept the trial claimed for its whole 30 s window."""
+    fl = afleet(2, scripts=[Script(tokens=TOKENS, drop_after=3), Script(tokens=TOKENS)])
+    s1 = fl.urls[1]
+
+    async def main():
+        async with AsyncClient(fl.registry, **fl.client_kw) as client:
+            await client.refresh()
+            fl.registry.update_health(s1, "", lambda h: Health(failures=1, open_until=time.time() - 1))
+            await asyncio.to_thread(client.fleet.reload)
+            fl.fakes[1].blackhole_all = True  # its /api/show never answers
+            stream = await client.chat("hi", model=MODEL, stream=True)
+            seen = []
+            with pytest.raises(asyncio.TimeoutError):
+                async with asyncio.timeout(1.0):
+                    async for event in stream:
+                        seen.append(event.type)
+            assert "error" in seen  # s0 broke; s1 was being asked for /api/show
+            assert await asyncio.to_thread(fl.fakes[1].wait_for_requests, 1, "/api/show", 1.0)
+            fl.fakes[1].blackhole_all = False
+            states = {c.server.url: c.state for c in (await client.route(MODEL)).candidates}
+            return states
+
+    states = asyncio.run(main())
+    assert states.get(s1) == "half_open"  # not "open" (skipped) for the 30 s trial window
