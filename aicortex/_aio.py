@@ -34,7 +34,7 @@ from ._exceptions import (
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
 from ._protocol import encode_body
-from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _status_error, show_object, ssl_context
+from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _check_open, _status_error, show_object, ssl_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
@@ -71,12 +71,14 @@ class AsyncTransport:
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._server_headers: dict[str, dict[str, str]] = {}
+        self._closed = False
 
     def set_server_headers(self, headers: Mapping[str, Mapping[str, str]]) -> None:
         """``{url: headers}`` sent to that server only, besides the client's own."""
         self._server_headers = {url: dict(h) for url, h in headers.items() if h}
 
     def _get_session(self) -> aiohttp.ClientSession:
+        _check_open(self._closed)  # a closed client never opens a new pool (nothing would close it)
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
@@ -89,6 +91,7 @@ class AsyncTransport:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -104,9 +107,10 @@ class AsyncTransport:
         until = None if first is None else loop.time() + first
         headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **(plan.headers or {})}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=plan.connect_timeout_s)
+        session = self._get_session()
         try:
             response = await _within(
-                self._get_session().post(server + "/api/chat", data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
+                session.post(server + "/api/chat", data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
                 until,
             )
         except aiohttp.ServerTimeoutError as exc:  # also an asyncio.TimeoutError: test it first

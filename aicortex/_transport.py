@@ -98,9 +98,11 @@ class Transport:
             follow_redirects=False,
         )
         self._watchdog = _Watchdog()
+        self._closed = False
 
     def close(self) -> None:
         """Close the connection pool (only when this transport built the client)."""
+        self._closed = True
         self._watchdog.close()
         if self._owns:
             self._client.close()
@@ -118,6 +120,7 @@ class Transport:
             BadRequest (400), ServerModelNotFound (404 JSON), HTTPStatusError (others,
             3xx included: redirects are not followed; the error names the Location).
         """
+        _check_open(self._closed)
         body = SyncBody(self, plan)
         body.open()
         return body
@@ -173,6 +176,7 @@ class Transport:
         Raises:
             ConnectError, ConnectTimeout, AICortexTimeout (read), HTTPStatusError, ProtocolError.
         """
+        _check_open(self._closed)
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=connect_timeout_s, pool=connect_timeout_s)
         headers = {"Accept": "application/json", **self.headers_for(server)}
         content = encode_body(body) if body is not None else None
@@ -208,6 +212,12 @@ class Transport:
 
 
 _NO_HEADERS: Mapping[str, str] = {}
+
+
+def _check_open(closed: bool) -> None:
+    """A closed client sends nothing: ``ConfigError`` (not a server's failure)."""
+    if closed:
+        raise ConfigError("this client was closed (close() / aclose()); make a new client to send requests")
 
 
 def ssl_context(verify: bool | str) -> ssl.SSLContext | bool:

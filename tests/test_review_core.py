@@ -322,3 +322,40 @@ def test_async_cancel_during_the_show_of_a_trial_server_gives_the_trial_back(afl
 
     states = asyncio.run(main())
     assert states.get(s1) == "half_open"  # not "open" (skipped) for the 30 s trial window
+
+
+# -- 5. a stream read after its client was closed raises an AICortexError --------------------------
+def test_a_stream_read_after_the_client_closed_raises_an_aicortex_error(client_kind):
+    """``Client.close()`` closes the httpx pool; a stream made before and read after it
+    then failed with httpx's ``RuntimeError`` ("the client has been closed"), which is not
+    an ``AICortexError``, and left its request counted in flight. (The async client
+    re-created an aiohttp session that nothing would ever close.)"""
+    with FakeOllama(models=[MODEL], script=Script(tokens=TOKENS)) as fake:
+        registry = Registry.memory()
+        registry.add(fake.url)
+        if client_kind == "sync":
+            client = Client(registry, timeout=FAST)
+            client.refresh()
+            stream = client.chat("hi", model=MODEL, stream=True)
+            client.close()
+            with pytest.raises(AICortexError):
+                for _ in stream:
+                    pass
+        else:
+
+            async def main():
+                client = AsyncClient(registry, timeout=FAST)
+                await client.refresh()
+                stream = await client.chat("hi", model=MODEL, stream=True)
+                await client.aclose()
+                with pytest.raises(AICortexError):
+                    async for _ in stream:
+                        pass
+                return client
+
+            client = asyncio.run(main())
+        assert client.fleet.inflight(fake.url) == 0
+        assert fake.chat_requests == []
+        assert client.fleet.health(fake.url).failures == 0  # not the server's failure
+        assert client.fleet.health(fake.url, MODEL).failures == 0
+        registry.close()
