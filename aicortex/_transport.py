@@ -214,10 +214,11 @@ class Transport:
 _NO_HEADERS: Mapping[str, str] = {}
 
 
-def _check_open(closed: bool) -> None:
-    """A closed client sends nothing: ``ConfigError`` (not a server's failure)."""
+def _check_open(closed: bool, cause: BaseException | None = None) -> None:
+    """A closed client sends nothing, and a request it cut is not the server's failure:
+    ``ConfigError``."""
     if closed:
-        raise ConfigError("this client was closed (close() / aclose()); make a new client to send requests")
+        raise ConfigError("this client was closed (close() / aclose()); make a new client to send requests") from cause
 
 
 def ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
@@ -374,6 +375,7 @@ class SyncBody:
             ) from exc
         except httpx.HTTPError as exc:
             t._watchdog.disarm(self)
+            _check_open(t._closed, exc)  # closed by another thread meanwhile: not the server's failure
             if self.fired:
                 raise FirstTokenTimeout(
                     f"no first token within the first-token timeout of {first:g} s", server=server, timeout_s=first
@@ -402,10 +404,12 @@ class SyncBody:
         try:
             return next(self._it)  # type: ignore[arg-type]
         except StopIteration:
+            _check_open(self._t._closed)
             return TIMED_OUT if self.fired else b""
         except httpx.ReadTimeout:
             return TIMED_OUT
         except httpx.HTTPError as exc:
+            _check_open(self._t._closed, exc)  # closed by another thread meanwhile: not the server's failure
             if self.fired:
                 return TIMED_OUT
             return _translate(exc, self.plan.server, None, "mid-reply")

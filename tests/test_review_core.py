@@ -359,3 +359,46 @@ def test_a_stream_read_after_the_client_closed_raises_an_aicortex_error(client_k
         assert client.fleet.health(fake.url).failures == 0  # not the server's failure
         assert client.fleet.health(fake.url, MODEL).failures == 0
         registry.close()
+
+
+# -- 6. close() from another thread while a stream is read is not the server's failure -------------
+def test_close_from_another_thread_mid_stream_does_not_trip_the_servers_breaker(client_kind, tmp_path):
+    """Closing the client while another thread (or task) reads a stream cuts its
+    connection; that read error was taken for the server's failure: failover, and a
+    breaker trip of a healthy server, written to the shared registry by close()'s flush."""
+    with FakeOllama(models=[MODEL], script=Script(tokens=TOKENS * 50, token_delay=0.01)) as fake:
+        registry = Registry(tmp_path / "r.db", seed=False)
+        registry.add(fake.url)
+        client = make_client(client_kind, registry, timeout=FAST)
+        client.refresh()
+        stream = client.chat("hi", model=MODEL, stream=True)
+        got = {"tokens": 0}
+        started = threading.Event()
+
+        def read():
+            try:
+                for event in stream:
+                    if event.type == "token":
+                        got["tokens"] += 1
+                        started.set()
+            except BaseException as exc:  # noqa: BLE001 - what the reader sees
+                got["error"] = exc
+            started.set()
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        assert started.wait(5.0)
+        if client_kind == "sync":
+            client.close()
+        else:  # the adapter's close() would stop the loop: aclose() on it, from this thread
+            client.run(client.client.aclose())
+        t.join(5.0)
+        assert not t.is_alive()
+        assert got["tokens"] < len(TOKENS) * 50
+        assert isinstance(got.get("error"), AICortexError), got
+        for record in ("", MODEL):
+            assert registry.health(fake.url, record).failures == 0
+            assert client.fleet.health(fake.url, record).failures == 0
+        if client_kind == "async":
+            client.close()
+        registry.close()
