@@ -402,3 +402,32 @@ def test_close_from_another_thread_mid_stream_does_not_trip_the_servers_breaker(
         if client_kind == "async":
             client.close()
         registry.close()
+
+
+# -- 7. a header value httpx cannot send is a ConfigError, not a UnicodeEncodeError ---------------
+@pytest.mark.parametrize("value", ["Bearer t\u00f6ken", "Bearer a\r\nX-Injected: 1"])
+def test_a_header_value_that_cannot_be_sent_is_a_config_error(client_kind, monkeypatch, value):
+    """Per-server headers are read from the environment at request time. A value with a
+    non-ASCII character made httpx raise ``UnicodeEncodeError`` out of ``chat()`` and
+    ``refresh()`` (not an ``AICortexError``; the request stayed counted in flight); one
+    with a line break was sent as a server failure (a breaker trip, then failover)."""
+    from aicortex import ConfigError
+
+    with FakeOllama(models=[MODEL], script=Script(tokens=TOKENS)) as fake:
+        registry = Registry.memory()
+        registry.add(fake.url, headers_env={"Authorization": "REVIEW_TOKEN"})
+        monkeypatch.setenv("REVIEW_TOKEN", "Bearer ok")
+        client = make_client(client_kind, registry, timeout=FAST)
+        try:
+            client.refresh()
+            monkeypatch.setenv("REVIEW_TOKEN", value)
+            with pytest.raises(ConfigError, match="REVIEW_TOKEN"):
+                client.chat("hi", model=MODEL)
+            with pytest.raises(ConfigError, match="REVIEW_TOKEN"):
+                client.refresh()
+            assert client.fleet.inflight(fake.url) == 0
+            assert fake.chat_requests == []
+            assert client.fleet.health(fake.url).failures == 0
+        finally:
+            client.close()
+            registry.close()
