@@ -238,7 +238,10 @@ class FleetView:
         """Admission of a half-open candidate (sync drivers): in memory, then the store."""
         if not self.admit_local(url, model):
             return False
-        future = self.claim_in_store(url, model)
+        try:
+            future = self.claim_in_store(url, model)
+        except RuntimeError as exc:  # the claim pool was shut down (the client was closed)
+            return self.claim_result(None, exc)
         try:
             future.result(timeout=CLAIM_WAIT_S)
         except BaseException as exc:
@@ -252,7 +255,10 @@ class FleetView:
 
         if not self.admit_local(url, model):
             return False
-        future = self.claim_in_store(url, model)
+        try:
+            future = self.claim_in_store(url, model)
+        except RuntimeError as exc:  # the claim pool was shut down (the client was closed)
+            return self.claim_result(None, exc)
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), CLAIM_WAIT_S)
         except asyncio.CancelledError:

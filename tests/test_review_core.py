@@ -431,3 +431,48 @@ def test_a_header_value_that_cannot_be_sent_is_a_config_error(client_kind, monke
         finally:
             client.close()
             registry.close()
+
+
+# -- 8. a stream read after close() on a half-open server: no RuntimeError from the claim worker ---
+def test_a_stream_read_after_close_on_a_half_open_server_raises_an_aicortex_error(client_kind):
+    """The half-open trial is claimed in the store from the fleet's worker thread pool,
+    which ``close()`` shuts down: a stream made before ``close()`` and read after it
+    failed in its ``Admit`` with the pool's ``RuntimeError`` ("cannot schedule new futures
+    after shutdown"), not an ``AICortexError``."""
+    with FakeOllama(models=[MODEL], script=Script(tokens=TOKENS)) as fake:
+        registry = Registry.memory()
+        registry.add(fake.url)
+        fl = type("F", (), {})()
+        fl.registry = registry
+        if client_kind == "sync":
+            fl.client = client = Client(registry, timeout=FAST)
+            client.refresh()
+            _half_open(fl, fake.url)
+            assert client.chat("hi", model=MODEL).text == FULL  # a trial: the claim pool exists
+            client.fleet.flush()
+            _half_open(fl, fake.url)
+            stream = client.chat("hi", model=MODEL, stream=True)
+            client.close()
+            with pytest.raises(AICortexError):
+                for _ in stream:
+                    pass
+        else:
+
+            async def main():
+                fl.client = client = AsyncClient(registry, timeout=FAST)
+                await client.refresh()
+                _half_open(fl, fake.url)
+                assert (await client.chat("hi", model=MODEL)).text == FULL
+                client.fleet.flush()
+                _half_open(fl, fake.url)
+                stream = await client.chat("hi", model=MODEL, stream=True)
+                await client.aclose()
+                with pytest.raises(AICortexError):
+                    async for _ in stream:
+                        pass
+                return client
+
+            client = asyncio.run(main())
+        assert client.fleet.inflight(fake.url) == 0
+        assert len(fake.chat_requests) == 1
+        registry.close()
