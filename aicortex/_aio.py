@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Awaitable, Mapping, TypeVar
 
@@ -34,7 +35,7 @@ from ._exceptions import (
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
 from ._protocol import encode_body
-from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, show_object, ssl_context, status_error
+from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _check_open, show_object, ssl_context, status_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
@@ -71,6 +72,8 @@ class AsyncTransport:
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._server_headers: dict[str, dict[str, str]] = {}
+        self._closed = False
+        self._bodies: "weakref.WeakSet[AsyncBody]" = weakref.WeakSet()  # responses in flight
 
     def set_server_headers(self, headers: Mapping[str, Mapping[str, str]]) -> None:
         """``{url: headers}`` sent to that server only, besides the client's own (merged
@@ -78,6 +81,7 @@ class AsyncTransport:
         self._server_headers.update({url: dict(h) for url, h in headers.items() if h})
 
     def _get_session(self) -> aiohttp.ClientSession:
+        _check_open(self._closed)  # a closed client never opens a new pool (nothing would close it)
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
@@ -89,7 +93,11 @@ class AsyncTransport:
         return self._session
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool, and the responses in flight (their readers get a
+        ``ConfigError``: a request cut by close is not the server's failure)."""
+        self._closed = True
+        for body in list(self._bodies):
+            body.abort()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -105,9 +113,10 @@ class AsyncTransport:
         until = None if first is None else loop.time() + first
         headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json", **(plan.headers or {})}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=plan.connect_timeout_s)
+        session = self._get_session()
         try:
             response = await _within(
-                self._get_session().post(server + plan.path, data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
+                session.post(server + plan.path, data=encode_body(plan.body), headers=headers, timeout=timeout, allow_redirects=False),
                 until,
             )
         except aiohttp.ServerTimeoutError as exc:  # also an asyncio.TimeoutError: test it first
@@ -117,13 +126,15 @@ class AsyncTransport:
                 f"no first token within the first-token timeout of {first:g} s", server=server, timeout_s=first
             ) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            _check_open(self._closed, exc)  # closed meanwhile: not the server's failure
             raise _translate(exc, server, plan.connect_timeout_s, "before a reply") from exc
         if response.status >= 300:
             try:
                 raise await self._status_error(server, response)
             finally:
                 response.close()
-        body = AsyncBody(response, server)
+        body = AsyncBody(response, server, self)
+        self._bodies.add(body)
         encoding = response.headers.get("Content-Encoding", "identity").lower()
         if encoding in ("gzip", "x-gzip", "deflate"):  # compressed although not asked for
             body._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
@@ -196,9 +207,10 @@ class AsyncTransport:
 class AsyncBody:
     """The body of one streamed /api/chat attempt (async), read by the driver's ``Read``."""
 
-    __slots__ = ("_response", "_content", "server", "_zlib", "_error")
+    __slots__ = ("_response", "_content", "server", "_zlib", "_error", "_t", "__weakref__")
 
-    def __init__(self, response: aiohttp.ClientResponse, server: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, server: str, transport: AsyncTransport) -> None:
+        self._t = transport
         self._response = response
         self._content = response.content
         self.server = server
@@ -214,21 +226,26 @@ class AsyncBody:
         content = self._content
         try:
             data = content.read_nowait()
-            if data or content.at_eof():
+            if data:
                 return data
-            if stall_s is not None:
-                soon = asyncio.get_running_loop().time() + stall_s
-                until = soon if until is None or soon < until else until
-            return await _within(content.readany(), until)
+            if not content.at_eof():
+                if stall_s is not None:
+                    soon = asyncio.get_running_loop().time() + stall_s
+                    until = soon if until is None or soon < until else until
+                data = await _within(content.readany(), until)
         except asyncio.TimeoutError:
             return TIMED_OUT
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            _check_open(self._t._closed, exc)  # closed by the client meanwhile: not the server's failure
             error = _translate(exc, self.server, None, "mid-reply")
             rest = _salvage(content)
             if rest:  # the connection broke, but what arrived before is the server's reply
                 self._error = error
                 return rest
             return error
+        if not data:
+            _check_open(self._t._closed)
+        return data
 
     async def _read_compressed(self, until: float | None, stall_s: float | None) -> Any:
         z = self._zlib

@@ -216,8 +216,8 @@ def resolve_headers(server: "Server") -> dict[str, str]:
     server has no such header.
 
     Raises:
-        ConfigError: a variable is not set (or empty), naming the server, the header
-            and the variable, and how to fix it.
+        ConfigError: a variable is not set (or empty), or its value cannot be sent in a
+            header (not printable ASCII), naming the server, the header and the variable.
     """
     out: dict[str, str] = {}
     for header, var in (server.headers_env or {}).items():
@@ -227,6 +227,14 @@ def resolve_headers(server: "Server") -> dict[str, str]:
                 f"server {server.name} ({server.url}) sends header {header} from environment variable "
                 f"{var}, which is not set: export {var}=..., or change it with "
                 f"`aicortex servers add` / Registry.set_headers_env"
+            )
+        if not all(" " <= c <= "~" or c == "\t" for c in value):
+            # httpx sends ASCII only (UnicodeEncodeError otherwise), and a line break would
+            # be a header injection that both HTTP stacks refuse: the caller's to fix.
+            raise ConfigError(
+                f"server {server.name} ({server.url}) sends header {header} from environment variable "
+                f"{var}, whose value has a character that cannot be sent in an HTTP header (a "
+                "non-ASCII character, a line break or another control character)"
             )
         out[header] = value
     return out

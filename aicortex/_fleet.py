@@ -238,7 +238,10 @@ class FleetView:
         """Admission of a half-open candidate (sync drivers): in memory, then the store."""
         if not self.admit_local(url, model):
             return False
-        future = self.claim_in_store(url, model)
+        try:
+            future = self.claim_in_store(url, model)
+        except RuntimeError as exc:  # the claim pool was shut down (the client was closed)
+            return self.claim_result(None, exc)
         try:
             future.result(timeout=CLAIM_WAIT_S)
         except BaseException as exc:
@@ -252,14 +255,27 @@ class FleetView:
 
         if not self.admit_local(url, model):
             return False
-        future = self.claim_in_store(url, model)
+        try:
+            future = self.claim_in_store(url, model)
+        except RuntimeError as exc:  # the claim pool was shut down (the client was closed)
+            return self.claim_result(None, exc)
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), CLAIM_WAIT_S)
         except asyncio.CancelledError:
+            # Nobody will try the server: give the trial back once the store claim is done
+            # (after it, so the store sees the release after the claim).
+            future.add_done_callback(lambda f: self._release_claim(f, url, model))
             raise
         except BaseException as exc:
             return self.claim_result(None, exc)
         return self.claim_result(future, None)
+
+    def _release_claim(self, future: "concurrent.futures.Future[bool]", url: str, model: str) -> None:
+        """Give back a trial claimed for a request that was cancelled while admitting it
+        (unless the store said another process holds it)."""
+        if not future.cancelled() and future.exception() is None and not future.result():
+            return
+        self.record(Outcome(server=url, model=model_key(model), kind="release", at=time.time(), trial=True))
 
     # -- prefill knowledge -------------------------------------------------------------------
     def prefill(self, url: str, model: str) -> bool | None:

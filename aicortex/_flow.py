@@ -146,6 +146,7 @@ def chat_flow(s: ChatSession) -> Step:
         cand = s.next_candidate()
         while cand is not None and cand.state == "half_open":
             if (yield Admit(cand, s.model)):
+                s.admitted(cand)
                 break
             s.skip(cand)
             cand = s.next_candidate()

@@ -212,6 +212,7 @@ class ChatSession:
         self.learned_prefill: bool | None = None
         self._trial_held_elsewhere: list[Candidate] = []
         self._cand: Candidate | None = None  # the current attempt's candidate
+        self._admitted: Candidate | None = None  # its trial claimed, its attempt not planned yet
         self._retry: Candidate | None = None
         self._deadline_until: float | None = None
 
@@ -330,6 +331,11 @@ class ChatSession:
         self._next_candidate += 1
         return cand
 
+    def admitted(self, cand: Candidate) -> None:
+        """``cand``'s half-open trial was claimed for this request (its attempt is planned
+        next; until then :meth:`abandon` gives the trial back)."""
+        self._admitted = cand
+
     def skip(self, cand: Candidate) -> None:
         """``cand`` was not admitted: another request or process holds its half-open trial."""
         self.skipped.append(cand)
@@ -379,6 +385,7 @@ class ChatSession:
         )
         self._plan = plan
         self._cand = cand
+        self._admitted = None  # the plan holds the trial now
         self._prefill_known = prefill
         self._decoder = NDJSONDecoder(server=plan.server)
         self._attempt_started = self._clock()
@@ -694,6 +701,9 @@ class ChatSession:
         if self.complete or self.fatal is not None:
             return None
         self.closed_early = True
+        if self._admitted is not None:  # stopped between the trial's claim and its attempt
+            url, self._admitted = self._admitted.server.url, None
+            return Outcome(server=url, model=self._model_key, kind="release", at=self._wall(), trial=True)
         plan = self._plan
         if plan is None or not plan.trial or (self._attempts and self._attempts[-1].number == plan.number):
             return None

@@ -79,6 +79,9 @@ def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Generato
                 except ServerError as exc:
                     fleet.end(item.plan.server)
                     send = exc
+                except BaseException:
+                    fleet.end(item.plan.server)
+                    raise
             elif cls is Close:
                 held.release().close(item.drain)
             elif cls is Admit:
@@ -131,6 +134,9 @@ async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held)
                 except ServerError as exc:
                     fleet.end(item.plan.server)
                     send = exc
+                except BaseException:  # cancelled while awaiting the head: no longer in flight
+                    fleet.end(item.plan.server)
+                    raise
             elif cls is Close:
                 await held.release().close(item.drain)
             elif cls is Admit:

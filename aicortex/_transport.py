@@ -22,6 +22,7 @@ import heapq
 import json
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -107,9 +108,11 @@ class Transport:
             follow_redirects=False,
         )
         self._watchdog = _Watchdog()
+        self._closed = False
 
     def close(self) -> None:
         """Close the connection pool (only when this transport built the client)."""
+        self._closed = True
         self._watchdog.close()
         if self._owns:
             self._client.close()
@@ -127,6 +130,7 @@ class Transport:
             BadRequest (400), ServerModelNotFound (404 JSON), HTTPStatusError (others,
             3xx included: redirects are not followed; the error names the Location).
         """
+        _check_open(self._closed)
         body = SyncBody(self, plan)
         body.open()
         return body
@@ -173,6 +177,7 @@ class Transport:
         Raises:
             ConnectError, ConnectTimeout, AICortexTimeout (read), HTTPStatusError, ProtocolError.
         """
+        _check_open(self._closed)
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=connect_timeout_s, pool=connect_timeout_s)
         headers = {"Accept": "application/json", **self.headers_for(server)}
         content = encode_body(body) if body is not None else None
@@ -209,6 +214,13 @@ class Transport:
 
 
 _NO_HEADERS: Mapping[str, str] = {}
+
+
+def _check_open(closed: bool, cause: BaseException | None = None) -> None:
+    """A closed client sends nothing, and a request it cut is not the server's failure:
+    ``ConfigError``."""
+    if closed:
+        raise ConfigError("this client was closed (close() / aclose()); make a new client to send requests") from cause
 
 
 def ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
@@ -285,6 +297,20 @@ class _Watchdog:
             del body
 
 
+def _sending_stream() -> Any:
+    """The network stream of the httpcore connection whose trace callback is running
+    (``HTTP11Connection.handle_request`` holds it as ``_network_stream``), or ``None``."""
+    frame: Any = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return None
+        stream = getattr(frame.f_locals.get("self"), "_network_stream", None)
+        if stream is not None:
+            return stream
+        frame = frame.f_back
+    return None
+
+
 class SyncBody:
     """The body of one streamed /api/chat attempt (sync), read by the driver's ``Read``."""
 
@@ -312,6 +338,11 @@ class SyncBody:
     def _trace(self, name: str, info: Mapping[str, Any]) -> None:
         if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self._stream = info.get("return_value")
+        elif name == "http11.send_request_headers.started" and self._stream is None:
+            # A keep-alive connection from the pool: no connect to trace. Its stream is
+            # the one of the HTTP/1.1 connection sending this request (the caller's frame),
+            # so the watchdog can also cut the header phase of a reused connection.
+            self._stream = _sending_stream()
 
     def fire(self) -> None:
         """The hard limit passed: shut the socket down so the blocked read returns."""
@@ -346,6 +377,7 @@ class SyncBody:
             ) from exc
         except httpx.HTTPError as exc:
             t._watchdog.disarm(self)
+            _check_open(t._closed, exc)  # closed by another thread meanwhile: not the server's failure
             if self.fired:
                 raise FirstTokenTimeout(
                     f"no first token within the first-token timeout of {first:g} s", server=server, timeout_s=first
@@ -374,10 +406,12 @@ class SyncBody:
         try:
             return next(self._it)  # type: ignore[arg-type]
         except StopIteration:
+            _check_open(self._t._closed)
             return TIMED_OUT if self.fired else b""
         except httpx.ReadTimeout:
             return TIMED_OUT
         except httpx.HTTPError as exc:
+            _check_open(self._t._closed, exc)  # closed by another thread meanwhile: not the server's failure
             if self.fired:
                 return TIMED_OUT
             return _translate(exc, self.plan.server, None, "mid-reply")
