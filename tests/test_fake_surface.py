@@ -327,6 +327,89 @@ def test_official_client_delete_copy(fake, official):
     assert info.value.status_code == 404
 
 
+# -- /api/generate fields, raw prefill, context --
+
+
+def test_generate_accepts_and_records_every_field(fake, client):
+    payload = {
+        "model": "llama3.2", "prompt": "def add(a, b):", "suffix": "\n    return c", "system": "be brief",
+        "template": "{{ .Prompt }}", "context": [1, 2, 3], "images": ["aGVsbG8="], "think": "low",
+        "options": {"temperature": 0}, "keep_alive": "1m", "stream": False,
+    }
+    r = client.post(fake.url + "/api/generate", json=payload)
+    obj = r.json()
+    assert (r.status_code, obj["response"], obj["done"]) == (200, "Hello, world!", True)
+    assert isinstance(obj["context"], list) and all(isinstance(t, int) for t in obj["context"])
+    assert 0 < len(obj["context"]) < 64
+    assert list(obj)[:6] == ["model", "created_at", "response", "done", "done_reason", "context"]
+    assert fake.generate_requests[0].body == payload
+
+
+def test_generate_raw_continues_a_prefill(fake, client):
+    fake.push(Script(tokens=("Hello", ",", " world", "!")), Script(tokens=("Hello", ",", " world", "!")))
+    prompt = "<|user|>hi<|assistant|>Hello, wo"
+    with client.stream("POST", fake.url + "/api/generate", json={"model": "llama3.2", "prompt": prompt, "raw": True}) as r:
+        chunks = [json.loads(line) for line in r.iter_lines()]
+    assert [c["response"] for c in chunks] == ["rld", "!", ""]
+    assert "context" not in chunks[-1] and chunks[-1]["done"] is True  # raw: no context
+    assert fake.generate_requests[0].tokens_sent == 2
+    # not raw: no continuation, and the final chunk carries context
+    r = client.post(fake.url + "/api/generate", json={"model": "llama3.2", "prompt": prompt, "stream": False})
+    assert r.json()["response"] == "Hello, world!" and r.json()["context"]
+
+
+def test_generate_raw_prefill_edge_cases(fake, client):
+    def gen(prompt, script, **extra):
+        fake.push(script)
+        body = {"model": "llama3.2", "prompt": prompt, "raw": True, "stream": False, **extra}
+        return client.post(fake.url + "/api/generate", json=body).json()
+
+    assert gen("x Hello, world!", Script())["response"] == ""  # the whole reply was prefilled
+    assert gen("no overlap", Script())["response"] == "Hello, world!"
+    assert gen("Hel", Script(continue_prefill=False))["response"] == "Hello, world!"
+    out = gen("Hello", Script(thinking=("hmm",)))
+    assert (out["response"], "thinking" in out) == (", world!", False)  # continuation skips thinking
+    r = client.post(fake.url + "/api/generate", json={"model": "llama3.2", "prompt": "p", "raw": True, "system": "s"})
+    assert (r.status_code, r.json()) == (400, {"error": "raw mode does not support template, system, or context"})
+
+
+# -- /api/ps and load/unload --
+
+
+def test_ps_entries_and_warm_unload_change_loaded(client):
+    with FakeOllama(models=["llama3.2", "qwen3:8b"]) as fake:
+        ps = client.get(fake.url + "/api/ps").json()["models"]
+        assert [m["name"] for m in ps] == ["llama3.2:latest", "qwen3:8b"]
+        for m in ps:
+            assert {"expires_at", "size_vram", "context_length"} <= set(m) and m["context_length"] > 0
+        r = client.post(fake.url + "/api/generate", json={"model": "llama3.2", "keep_alive": 0})
+        assert r.json()["done_reason"] == "unload" and fake.loaded == ["qwen3:8b"]
+        r = client.post(fake.url + "/api/chat", json={"model": "qwen3:8b", "messages": [], "keep_alive": "0s"})
+        assert r.json()["done_reason"] == "unload" and fake.loaded == []
+        assert client.get(fake.url + "/api/ps").json() == {"models": []}
+        r = client.post(fake.url + "/api/chat", json={"model": "qwen3:8b", "messages": []})
+        assert r.json()["done_reason"] == "load" and fake.loaded == ["qwen3:8b"]
+        client.post(fake.url + "/api/generate", json={"model": "llama3.2"})
+        client.post(fake.url + "/api/generate", json={"model": "llama3.2:latest", "prompt": ""})  # already loaded
+        assert fake.loaded == ["qwen3:8b", "llama3.2"]
+        assert [m["name"] for m in client.get(fake.url + "/api/ps").json()["models"]] == ["qwen3:8b", "llama3.2:latest"]
+        # a generating request leaves loaded alone; so does an unknown model's load
+        fake.loaded = []
+        client.post(fake.url + "/api/generate", json={"model": "llama3.2", "prompt": "hi", "stream": False})
+        assert client.post(fake.url + "/api/generate", json={"model": "nope"}).status_code == 404
+        assert fake.loaded == []
+
+
+def test_official_client_load_unload(fake, official):
+    c = official
+    assert c.generate(model="llama3.2", keep_alive=0).done_reason == "unload"
+    assert [m.model for m in c.ps().models] == ["all-minilm:latest"]
+    assert c.generate(model="llama3.2").done_reason == "load"
+    ps = c.ps().models
+    assert [m.model for m in ps] == ["all-minilm:latest", "llama3.2:latest"]
+    assert ps[0].expires_at is not None and ps[0].size_vram and ps[0].context_length == 4096
+
+
 def test_every_new_route_is_recorded(fake, client):
     client.post(fake.url + "/api/embed", json={"model": "all-minilm", "input": "a"}, headers={"X-Trace": "1"})
     client.post(fake.url + "/api/embeddings", json={"model": "all-minilm", "prompt": "a"})

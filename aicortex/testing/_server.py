@@ -448,6 +448,7 @@ class Connection:
             empty = not body.get("prompt")
         if empty:  # load / unload reply: one JSON object even when streaming was asked for
             reason = "unload" if is_zero_keep_alive(body.get("keep_alive")) else "load"
+            fake._note_load(model, unload=reason == "unload")
             obj: dict[str, Any] = {"model": model, "created_at": rfc3339()}
             obj.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
             obj.update(done=True, done_reason=reason)
@@ -505,6 +506,13 @@ class _Generation:
                 rest = _remainder(thinking, th_prefix)
                 if rest is not None:
                     thinking = rest
+        elif s.continue_prefill and not self.chat and self.body.get("raw") is True:
+            # a raw prompt that ends with the start of the reply continues it (prefill)
+            prompt, text = str(self.body.get("prompt") or ""), "".join(content)
+            for k in range(min(len(prompt), len(text)), 0, -1):
+                if prompt.endswith(text[:k]):
+                    content, thinking = _remainder(content, text[:k]) or [], []
+                    break
         return thinking, content
 
     def chunk(
