@@ -5,6 +5,9 @@ Each ``POST /api/chat`` or ``POST /api/generate`` is answered by a
 :meth:`FakeOllama.push`, else ``FakeOllama.default_script``.  Scripts can
 delay, stall, blackhole, fail with an HTTP status, send a mid-stream error
 line, drop or reset the connection, end without ``done`` or send garbage.
+Embedding requests take scripts too (their faults only).  ``/api/pull``,
+``/api/delete`` and ``/api/copy`` change ``models``; empty load/unload
+requests change ``loaded``.
 
 Example::
 
