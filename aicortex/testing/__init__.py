@@ -2,8 +2,9 @@
 
 :class:`FakeOllama` is a real HTTP/1.1 server on ``127.0.0.1`` that answers
 like Ollama v0.12.6+ (``/``, ``/api/version``, ``/api/tags``, ``/api/ps``,
-``/api/show``, ``/api/chat``, ``/api/generate``) and can be told, request by
-request with a :class:`Script`, to fail the ways a real server fails: slow
+``/api/show``, ``/api/chat``, ``/api/generate``, ``/api/embed``,
+``/api/embeddings``, ``/api/pull``, ``/api/delete``, ``/api/copy``) and can be
+told, request by request with a :class:`Script`, to fail the ways a real server fails: slow
 first token, stalls, blackholes, HTTP errors, mid-stream error lines, dropped
 or reset connections, streams that end without ``done``, garbage lines.
 Every request is recorded as a :class:`RequestRecord`.

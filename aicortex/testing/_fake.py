@@ -5,6 +5,9 @@ Each ``POST /api/chat`` or ``POST /api/generate`` is answered by a
 :meth:`FakeOllama.push`, else ``FakeOllama.default_script``.  Scripts can
 delay, stall, blackhole, fail with an HTTP status, send a mid-stream error
 line, drop or reset the connection, end without ``done`` or send garbage.
+Embedding requests take scripts too (their faults only).  ``/api/pull``,
+``/api/delete`` and ``/api/copy`` change ``models``; empty load/unload
+requests change ``loaded``.
 
 Example::
 
@@ -31,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 from ._script import RequestRecord, Script
 from ._server import POLL, Connection, MutableRecord, Request, ready
-from ._wire import listed_name, rfc3339
+from ._wire import listed_name, rfc3339, same_model
 
 __all__ = ["FakeOllama"]
 
@@ -50,7 +53,12 @@ class FakeOllama:
             tag or ``/``).  Requests match with ``":latest"`` optional on either
             side; an unknown model gets 404 ``{"error":"model '<name>' not found"}``.
         loaded: names listed by /api/ps; None (default) means all ``models``.
-            Requests never change it.
+            Load/unload requests change it like Ollama's scheduler: an empty
+            /api/chat, /api/generate or /api/embed request adds the model, the
+            same with ``keep_alive`` 0 removes it (None then becomes an explicit
+            list first); a pull or copy keeps the new name out of it (not
+            loaded yet) and a delete removes the name.  Generating requests
+            leave it alone.
         version: reported by /api/version.
         script: the default :class:`Script` (``default_script``), used when no
             pushed script is queued; None means ``Script()``.
@@ -59,6 +67,21 @@ class FakeOllama:
         blackhole_all: read every request on every path and never answer it
             (until the client leaves or the fake stops).
         host: address to bind, default ``"127.0.0.1"``.
+        embed_dim: length of the vectors /api/embed and /api/embeddings return.
+            Vectors are derived from the input text alone (sha256), so every
+            FakeOllama with the same ``embed_dim`` returns the same vector for
+            the same text; ``dimensions`` in a request cuts them (and
+            re-normalizes, as Ollama does).
+        embed_delay: seconds of work per embedded input.  Embeddings on one
+            FakeOllama are computed one at a time (Ollama runs embedding models
+            with parallel 1), so concurrent requests queue: one server embeds at
+            most ``1 / embed_delay`` inputs per second, N servers N times that.
+        pull_errors: model name -> error text: a pull of that name fails after
+            ``{"status":"pulling manifest"}`` with an in-stream ``{"error":...}``
+            line (``stream:false``: 500 ``{"error":...}``), e.g.
+            ``{"nope": "pull model manifest: file does not exist"}``.  Any other
+            name pulls successfully and is added to ``models``.
+        pull_delay: seconds between two pull progress lines.
 
     Attributes:
         server_errors: tracebacks of unexpected exceptions in handler threads
@@ -76,7 +99,15 @@ class FakeOllama:
         blackhole_all: bool = False,
         host: str = "127.0.0.1",
         template: str = "{{ .Prompt }}",
+        embed_dim: int = 8,
+        embed_delay: float = 0.0,
+        pull_errors: dict[str, str] | None = None,
+        pull_delay: float = 0.0,
     ) -> None:
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError("embed_dim must be an int >= 1")
+        if embed_delay < 0 or pull_delay < 0:
+            raise ValueError("embed_delay and pull_delay must be >= 0 seconds")
         self.models: list[str] = list(models) if models is not None else ["llama3.2"]
         self.loaded: list[str] | None = list(loaded) if loaded is not None else None
         self.version = version
@@ -88,7 +119,12 @@ class FakeOllama:
         #: without ``$last`` (e.g. :data:`CHATML_TEMPLATE`) closes every turn, so such a
         #: server starts the reply over; pair it with ``Script(continue_prefill=False)``.
         self.template = template
+        self.embed_dim = embed_dim
+        self.embed_delay = embed_delay
+        self.pull_errors: dict[str, str] = dict(pull_errors or {})
+        self.pull_delay = pull_delay
         self.server_errors: list[str] = []
+        self._embed_free_at = 0.0  # monotonic time at which the embedding "runner" is free
         self._port = port
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -216,6 +252,12 @@ class FakeOllama:
     def push(self, *scripts: Script) -> None:
         """Queue scripts; each generating chat/generate request takes the next one (FIFO).
 
+        So does each embedding request (/api/embed, /api/embeddings) with at
+        least one input; of its Script only the faults apply: ``blackhole``,
+        ``first_token_delay``, ``status`` (+ ``error``) before the work,
+        ``drop_after`` (any N; + ``reset``), ``error_after`` (any N: a 500) and
+        ``malformed_after`` (any N: a cut-off JSON body) after it.
+
         When the queue is empty ``default_script`` is used.  Requests answered
         before a script is needed (404 unknown model, 400, load/unload
         replies) do not take one.
@@ -235,6 +277,44 @@ class FakeOllama:
     def _take_script(self) -> Script:
         with self._lock:
             return self._queue.popleft() if self._queue else self.default_script
+
+    # -- model state changed by requests --
+
+    def _note_load(self, model: str, unload: bool) -> None:
+        """An empty generate/chat/embed request: load ``model``, or unload it (keep_alive 0)."""
+        with self._lock:
+            if unload:
+                current = self.models if self.loaded is None else self.loaded
+                self.loaded = [n for n in current if not same_model(n, model)]
+            elif self.loaded is not None and not any(same_model(n, model) for n in self.loaded):
+                self.loaded = [*self.loaded, model]
+
+    def _add_pulled(self, model: str) -> None:
+        """A pull or copy made ``model`` exist (it is not loaded)."""
+        with self._lock:
+            if self.loaded is None:
+                self.loaded = list(self.models)
+            if not any(same_model(n, model) for n in self.models):
+                self.models = [*self.models, model]
+
+    def _remove_model(self, model: str) -> bool:
+        """A delete: forget ``model``; False if it did not exist."""
+        with self._lock:
+            if not any(same_model(n, model) for n in self.models):
+                return False
+            self.models = [n for n in self.models if not same_model(n, model)]
+            if self.loaded is not None:
+                self.loaded = [n for n in self.loaded if not same_model(n, model)]
+            return True
+
+    def _embed_slot(self, inputs: int) -> float:
+        """Reserve the embedding runner for ``inputs`` inputs; seconds until this request is done."""
+        if not self.embed_delay:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            self._embed_free_at = max(now, self._embed_free_at) + inputs * self.embed_delay
+            return self._embed_free_at - now
 
     def _loaded_names(self) -> list[str]:
         names = self.models if self.loaded is None else self.loaded
@@ -257,6 +337,11 @@ class FakeOllama:
     def generate_requests(self) -> list[RequestRecord]:
         """Snapshots of the ``/api/generate`` requests only."""
         return [r for r in self.requests if r.path == "/api/generate"]
+
+    @property
+    def embed_requests(self) -> list[RequestRecord]:
+        """Snapshots of the ``/api/embed`` and ``/api/embeddings`` requests only."""
+        return [r for r in self.requests if r.path in ("/api/embed", "/api/embeddings")]
 
     def clear_requests(self) -> None:
         """Forget the requests recorded so far."""

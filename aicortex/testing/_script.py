@@ -62,7 +62,9 @@ def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class Script:
-    """How FakeOllama answers one ``POST /api/chat`` or ``POST /api/generate``.
+    """How FakeOllama answers one ``POST /api/chat`` or ``POST /api/generate``
+    (and, of its faults only, one ``/api/embed`` or ``/api/embeddings``; see
+    :meth:`FakeOllama.push <aicortex.testing.FakeOllama.push>`).
 
     All delays are in seconds.  Count-based triggers (``error_after``,
     ``drop_after``, ``end_without_done_after``, ``malformed_after``,
@@ -118,8 +120,10 @@ class Script:
             message whose content is a prefix of ``"".join(tokens)``, stream
             only the rest (splitting a token if the prefix ends inside it) and
             skip the thinking; if its content is empty but its ``thinking`` is a
-            prefix of ``"".join(thinking)``, continue the thinking.  No match:
-            the tokens are sent as usual.
+            prefix of ``"".join(thinking)``, continue the thinking.  Likewise a
+            ``raw: true`` /api/generate whose prompt ends with the start of the
+            reply text gets only the rest (longest overlap; thinking skipped).
+            No match: the tokens are sent as usual.
 
     Wire-level shapes of a streamed reply (``stream`` not false; a ``status``
     reply ignores them):

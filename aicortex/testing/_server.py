@@ -16,6 +16,7 @@ import traceback
 import zlib
 from typing import TYPE_CHECKING, Any, Iterable
 
+from . import _admin
 from ._script import RUNNER_STOPPED_ERROR, RequestRecord, Script, default_error
 from ._wire import (
     find_model,
@@ -45,6 +46,20 @@ _ROUTES = {
     "/api/show": ("POST",),
     "/api/chat": ("POST",),
     "/api/generate": ("POST",),
+    "/api/embed": ("POST",),
+    "/api/embeddings": ("POST",),
+    "/api/pull": ("POST",),
+    "/api/delete": ("DELETE",),
+    "/api/copy": ("POST",),
+}
+_GO_TYPES = {
+    "/api/chat": "ChatRequest",
+    "/api/generate": "GenerateRequest",
+    "/api/embed": "EmbedRequest",
+    "/api/embeddings": "EmbeddingRequest",
+    "/api/pull": "PullRequest",
+    "/api/delete": "DeleteRequest",
+    "/api/copy": "CopyRequest",
 }
 
 
@@ -326,17 +341,23 @@ class Connection:
     # -- replies --
 
     def reply(
-        self, req: Request, rec: MutableRecord, status: int, ctype: str, body: bytes, close: bool = False
+        self, req: Request, rec: MutableRecord, status: int, ctype: str | None, body: bytes, close: bool = False
     ) -> bool:
-        """Send a whole response with Content-Length; return True to keep the connection."""
+        """Send a whole response with Content-Length (and no Content-Type if ``ctype`` is None,
+        like a Go handler that writes nothing); return True to keep the connection."""
         keep = req.keep_alive and not close
-        head = _head(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], not keep)
+        headers = [("Content-Type", ctype)] if ctype is not None else []
+        head = _head(status, [*headers, ("Content-Length", str(len(body)))], not keep)
         data = head + (b"" if req.method == "HEAD" else body)
         self.send_recorded(rec, data, {"status": status, "completed": True}, {"completed": False})
         return keep
 
     def reply_json(self, req: Request, rec: MutableRecord, status: int, obj: Any, ctype: str = _JSON) -> bool:
         return self.reply(req, rec, status, ctype, go_json(obj))
+
+    def stream(self, req: Request, rec: MutableRecord) -> _Stream:
+        """A plain chunked NDJSON reply (status line and headers go out with the first line)."""
+        return _Stream(self, req, rec)
 
     def handle(self, req: Request) -> bool:
         rec = self.fake._new_record(req)
@@ -374,6 +395,14 @@ class Connection:
             if listed is None:
                 return self.reply_json(req, rec, 404, {"error": f"model '{name}' not found"})
             return self.reply_json(req, rec, 200, show_response(listed, fake._modified_at, fake.template))
+        if path in ("/api/embed", "/api/embeddings"):
+            return _admin.embed(self, req, rec, body, legacy=path == "/api/embeddings")
+        if path == "/api/pull":
+            return _admin.pull(self, req, rec, body)
+        if path == "/api/delete":
+            return _admin.delete(self, req, rec, body)
+        if path == "/api/copy":
+            return _admin.copy(self, req, rec, body)
         return self.generate(req, rec, "chat" if path == "/api/chat" else "generate", body)
 
     def _parse_body(self, req: Request, path: str) -> tuple[dict[str, Any], tuple[int, str] | None]:
@@ -391,7 +420,7 @@ class Connection:
             return {}, (400, "invalid character in request body")
         if not isinstance(body, dict):
             kind = {list: "array", str: "string", bool: "bool"}.get(type(body), "number")
-            go_type = {"/api/chat": "ChatRequest", "/api/generate": "GenerateRequest"}.get(path, "ShowRequest")
+            go_type = _GO_TYPES.get(path, "ShowRequest")
             return {}, (400, f"json: cannot unmarshal {kind} into Go value of type api.{go_type}")
         if not isinstance(body.get("model", ""), (str, type(None))):
             return {}, (400, "json: cannot unmarshal into Go struct field of type string (model)")
@@ -419,6 +448,7 @@ class Connection:
             empty = not body.get("prompt")
         if empty:  # load / unload reply: one JSON object even when streaming was asked for
             reason = "unload" if is_zero_keep_alive(body.get("keep_alive")) else "load"
+            fake._note_load(model, unload=reason == "unload")
             obj: dict[str, Any] = {"model": model, "created_at": rfc3339()}
             obj.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
             obj.update(done=True, done_reason=reason)
@@ -476,6 +506,13 @@ class _Generation:
                 rest = _remainder(thinking, th_prefix)
                 if rest is not None:
                     thinking = rest
+        elif s.continue_prefill and not self.chat and self.body.get("raw") is True:
+            # a raw prompt that ends with the start of the reply continues it (prefill)
+            prompt, text = str(self.body.get("prompt") or ""), "".join(content)
+            for k in range(min(len(prompt), len(text)), 0, -1):
+                if prompt.endswith(text[:k]):
+                    content, thinking = _remainder(content, text[:k]) or [], []
+                    break
         return thinking, content
 
     def chunk(

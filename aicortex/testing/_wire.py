@@ -11,6 +11,7 @@ import json
 import random
 import re
 import string
+import struct
 import time
 from typing import Any, Iterable, Mapping
 
@@ -28,6 +29,12 @@ __all__ = [
     "go_json_error",
     "find_model",
     "shape_tool_calls",
+    "raw_embedding",
+    "normalize",
+    "f32",
+    "go_quote",
+    "pull_layers",
+    "token_estimate",
 ]
 
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -201,3 +208,64 @@ def shape_tool_calls(calls: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
             }
         )
     return out
+
+
+def token_estimate(text: str) -> int:
+    """A rough token count for ``text``: about 4 characters per token, at least 1."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def f32(x: float) -> float:
+    """``x`` as the nearest float32, returned as the Python float with the shortest decimal
+    text that reads back as that float32, so ``json.dumps`` prints what Go prints for a
+    ``float32`` (``0.1``, not ``0.10000000149011612``)."""
+    exact: float = struct.unpack("<f", struct.pack("<f", x))[0]
+    for digits in range(1, 10):
+        short = float(f"{exact:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", short))[0] == exact:
+            return short
+    return exact
+
+
+def raw_embedding(text: str, dim: int) -> list[float]:
+    """A deterministic, un-normalized embedding of ``text`` (float32 values, each of
+    magnitude 0.01..1), the same on every FakeOllama: sha256 of the text, stretched.
+
+    The floor of 0.01 keeps every normalized component of vectors up to several
+    thousand dimensions at or above 1e-4, where Python and Go print floats alike.
+    """
+    out: list[float] = []
+    block = 0
+    while len(out) < dim:
+        digest = hashlib.sha256(f"{block}:{text}".encode("utf-8", "surrogatepass")).digest()
+        for i in range(0, len(digest), 4):
+            if len(out) == dim:
+                break
+            word = int.from_bytes(digest[i : i + 4], "big")
+            magnitude = 0.01 + 0.99 * ((word & 0x7FFFFFFF) / 0x7FFFFFFF)
+            out.append(f32(-magnitude if word >> 31 else magnitude))
+        block += 1
+    return out
+
+
+def normalize(vec: list[float]) -> list[float]:
+    """L2-normalize like Ollama's ``normalize`` (float32 results)."""
+    norm = sum(v * v for v in vec) ** 0.5
+    scale = 1.0 / max(norm, 1e-12)
+    return [f32(v * scale) for v in vec]
+
+
+def go_quote(s: str) -> str:
+    """Go's ``%q`` for ordinary strings: double quotes, backslash escapes."""
+    return json.dumps(s, ensure_ascii=False)
+
+
+def pull_layers(name: str) -> list[tuple[str, int]]:
+    """The layers a pull of ``name`` downloads: (``"sha256:<hex>"``, size) for the
+    weights, the template, the license and the params, derived from the listed name."""
+    name = listed_name(name)
+    sizes = (_size(name), 1_429, 7_711, 96)
+    return [
+        ("sha256:" + hashlib.sha256(f"{part}:{name}".encode()).hexdigest(), size)
+        for part, size in zip(("model", "template", "license", "params"), sizes)
+    ]
