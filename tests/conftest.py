@@ -128,6 +128,14 @@ class AsyncClientAdapter:
             return self.run(self.client.chat(prompt, **kw))
         return AsyncStreamAdapter(self, self.run(self.client.chat(prompt, stream=True, **kw)))
 
+    def generate(self, prompt, *, stream=False, **kw):
+        if not stream:
+            return self.run(self.client.generate(prompt, **kw))
+        return AsyncStreamAdapter(self, self.run(self.client.generate(prompt, stream=True, **kw)))
+
+    def embed(self, input, **kw):
+        return self.run(self.client.embed(input, **kw))
+
     def close(self):
         if self._loop.is_closed():
             return
