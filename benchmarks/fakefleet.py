@@ -24,9 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=50)
     ap.add_argument("--token-delay", type=float, default=0.005)
     ap.add_argument("--model", default="m")
+    ap.add_argument("--embed-delay", type=float, default=0.0, help="seconds per embedded input (a fixed rate per server)")
     a = ap.parse_args(argv)
     script = Script(tokens=tuple(f" t{i}" for i in range(a.tokens)), token_delay=a.token_delay)
-    fakes = [FakeOllama(models=[a.model], script=script) for _ in range(a.servers)]
+    fakes = [FakeOllama(models=[a.model], script=script, embed_delay=a.embed_delay) for _ in range(a.servers)]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         for f in fakes:

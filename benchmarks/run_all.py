@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_async  # noqa: E402
 import bench_concurrency  # noqa: E402
+import bench_embed  # noqa: E402
 import bench_failover  # noqa: E402
 import bench_import  # noqa: E402
 import bench_percall  # noqa: E402
@@ -40,6 +41,7 @@ BENCHMARKS = {
     "concurrency": bench_concurrency.run,
     "async": bench_async.run,
     "percall": bench_percall.run,
+    "embed": bench_embed.run,
     "real": bench_real.run,
 }
 

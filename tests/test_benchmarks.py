@@ -204,3 +204,14 @@ def test_real_model(realstack_installed, tmp_path, capsys):
     out, data = _emit(result, tmp_path, capsys)
     _check_table(out, bench_real.COLUMNS, 2)
     assert len(data["rows"]) == 2 and all(r["ok"] == 1 and r["ttft_p50_s"] for r in data["rows"])
+
+
+def test_embed(tmp_path, capsys):
+    import bench_embed
+
+    result = bench_embed.run(quick=True, inputs=200, delay=0.0002)
+    out, data = _emit(result, tmp_path, capsys)
+    _check_table(out, result["columns"], 4)
+    assert [r[2] for r in data["rows"]] == [200] * 4  # every consumer embedded every input
+    assert "identical to the official client's, in input order: True" in out
+    assert data["targets"]["speedup_sync"] > 0
