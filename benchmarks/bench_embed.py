@@ -53,8 +53,8 @@ def run(quick: bool = False, inputs: int | None = None, delay: float = 0.0003) -
 
             import ollama
 
-            official = ollama.Client(host=urls[0])
-            t_official, v_official = _measure(lambda: official.embed(model=MODEL, input=texts)["embeddings"])
+            with ollama.Client(host=urls[0]) as official:
+                t_official, v_official = _measure(lambda: official.embed(model=MODEL, input=texts)["embeddings"])
             t_one, v_one = _measure(lambda: client.embed(texts, model=MODEL, servers=[urls[0]]).embeddings)
             t_fleet, v_fleet = _measure(lambda: client.embed(texts, model=MODEL).embeddings)
             last = client.embed(texts, model=MODEL)
