@@ -37,6 +37,8 @@ class StreamEvent:
         timestamp: Unix seconds when aicortex produced the event.
         server: URL of the server the event came from; ``None`` for ``"start"``.
         attempt: 1-based number of the attempt the event belongs to.
+        logprobs: for ``"token"`` when ``logprobs=True`` was asked: Ollama's entries for the
+            tokens of this chunk (``{"token", "logprob", "top_logprobs"?}``), else ``None``.
     """
 
     type: EventType
@@ -49,6 +51,7 @@ class StreamEvent:
     timestamp: float = 0.0
     server: str | None = None
     attempt: int = 1
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
 
 
 _new = object.__new__
@@ -152,6 +155,7 @@ class Reply:
         model: the model name asked for.
         context: for :meth:`~aicortex.Client.generate` without ``raw``, Ollama's final
             ``context`` (token ids to pass back for a follow-up), else ``None``.
+        logprobs: with ``logprobs=True``, every token's entry in reply order.
 
     ``str(reply)`` is ``reply.text``.
     """
@@ -165,6 +169,7 @@ class Reply:
     tokens_per_second: float | None = None
     model: str = ""
     context: tuple[int, ...] | None = None
+    logprobs: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def thinking(self) -> str:

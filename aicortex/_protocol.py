@@ -236,6 +236,7 @@ class Chunk:
     error: str | None = None
     usage: Usage | None = None
     context: tuple[int, ...] | None = None
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
 
 
 _USAGE_FIELDS = (
@@ -327,7 +328,17 @@ def parse_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
     if not isinstance(content, str) or not isinstance(thinking, str) or not _valid_tool_calls(calls):
         raise ProtocolError(f"chat chunk with malformed message fields: {_json_preview(obj)}", server=server)
     usage = _usage(obj) if done else None
-    return Chunk(content=content, thinking=thinking, tool_calls=tuple(calls), done=bool(done), usage=usage)
+    logprobs = _logprobs(obj) if "logprobs" in obj else None
+    return Chunk(content=content, thinking=thinking, tool_calls=tuple(calls), done=bool(done), usage=usage, logprobs=logprobs)
+
+
+def _logprobs(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...] | None:
+    """The chunk's ``logprobs`` (Ollama: a list of ``{"token", "logprob", "bytes"?,
+    "top_logprobs"?}``, one per token of the chunk), only the well-formed entries."""
+    value = obj.get("logprobs")
+    if not isinstance(value, list):
+        return None
+    return tuple(e for e in value if isinstance(e, dict) and isinstance(e.get("token"), str)) or None
 
 
 def _usage(obj: Mapping[str, Any]) -> Usage:
@@ -356,13 +367,14 @@ def parse_generate_chunk(obj: Mapping[str, Any], server: str | None = None) -> C
     thinking = obj.get("thinking") or ""
     if not isinstance(content or "", str) or not isinstance(thinking, str) or not isinstance(done, (bool, type(None))):
         raise ProtocolError(f"generate chunk with malformed fields: {_json_preview(obj)}", server=server)
+    logprobs = _logprobs(obj) if "logprobs" in obj else None
     if not done:
-        return Chunk(content=content or "", thinking=thinking)
+        return Chunk(content=content or "", thinking=thinking, logprobs=logprobs)
     ctx = obj.get("context")
     context = None
     if isinstance(ctx, list) and len(ctx) <= 1 << 20 and all(type(t) is int for t in ctx):
         context = tuple(ctx)
-    return Chunk(content=content or "", thinking=thinking, done=True, usage=_usage(obj), context=context)
+    return Chunk(content=content or "", thinking=thinking, done=True, usage=_usage(obj), context=context, logprobs=logprobs)
 
 
 def build_generate_body(
@@ -379,6 +391,10 @@ def build_generate_body(
     options: Mapping[str, Any] | None = None,
     think: bool | str | None = None,
     keep_alive: str | float | None = None,
+    logprobs: bool | None = None,
+    top_logprobs: int | None = None,
+    truncate: bool | None = None,
+    shift: bool | None = None,
 ) -> dict[str, Any]:
     """The JSON body of a streamed POST /api/generate (Ollama ``docs/api.md``).
     ``None`` fields are left out; ``images`` are base64 strings already.
@@ -392,7 +408,7 @@ def build_generate_body(
     body: dict[str, Any] = {"model": model, "prompt": prompt, "stream": True}
     for key, value in (
         ("suffix", suffix), ("system", system), ("template", template), ("raw", raw), ("keep_alive", keep_alive),
-        ("think", think),
+        ("think", think), ("logprobs", logprobs), ("top_logprobs", top_logprobs), ("truncate", truncate), ("shift", shift),
     ):
         if value is not None:
             body[key] = value
@@ -448,9 +464,18 @@ def build_chat_body(
     think: bool | str | None = None,
     keep_alive: str | float | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
+    logprobs: bool | None = None,
+    top_logprobs: int | None = None,
+    truncate: bool | None = None,
+    shift: bool | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of a streamed POST /api/chat (ollama-protocol §1.1). ``None`` fields are left out."""
+    """The JSON body of a streamed POST /api/chat (ollama-protocol §1.1; ``logprobs``,
+    ``top_logprobs``, ``truncate``, ``shift`` as Ollama's ``docs/api.md``). ``None``
+    fields are left out."""
     body: dict[str, Any] = {"model": model, "messages": list(messages), "stream": True}
+    for key, value in (("logprobs", logprobs), ("top_logprobs", top_logprobs), ("truncate", truncate), ("shift", shift)):
+        if value is not None:
+            body[key] = value
     if tools:
         body["tools"] = list(tools)
     if format is not None and format != "":

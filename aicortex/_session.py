@@ -12,7 +12,7 @@ driver can turn an absolute limit into a socket timeout or ``asyncio.timeout_at`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from ._exceptions import (
@@ -157,6 +157,7 @@ class ChatSession:
         self._parts: list[str] = []  # content pieces of the current reply
         self._thinking: list[str] = []
         self._tool_calls: list[Mapping[str, Any]] = []
+        self._logprobs: list[Mapping[str, Any]] = []  # with logprobs=True: every token's entry
         self._index = 0  # next token index
         self._emitted = False  # anything (token/thinking/tool call) reached the caller
         self._tok_count = 0  # tokens of the reply, and when the first and last arrived
@@ -416,6 +417,7 @@ class ChatSession:
                 self._parts.clear()
                 self._thinking.clear()
                 self._tool_calls.clear()
+                self._logprobs.clear()
                 self._index = 0
                 self._tok_count = 0
                 self._emitted = False
@@ -520,6 +522,7 @@ class ChatSession:
                 and "role" in msg
                 and not self._prefix
                 and "error" not in obj
+                and "logprobs" not in obj
             ):
                 content = msg["content"] if "content" in msg else None
                 if type(content) is str:
@@ -555,12 +558,20 @@ class ChatSession:
                 self._thinking.append(chunk.thinking)
                 events.append(self._event("thinking", chunk.thinking))
             if chunk.content:
+                emitted = len(events)
                 self._emit_content(chunk.content, now, events)
-            for name, args in iter_tool_calls(chunk.tool_calls):
+                if chunk.logprobs and len(events) > emitted:
+                    # Ollama's logprobs of the chunk's tokens ride on its (last) token event.
+                    events[-1] = replace(events[-1], logprobs=chunk.logprobs)
+                    self._logprobs.extend(chunk.logprobs)
+            for i, (name, args) in enumerate(iter_tool_calls(chunk.tool_calls)):
                 self._drop_held_repeat()
                 self._emitted = True
                 self._continue_ok = False
-                events.append(self._event("tool_call", tool_name=name, tool_args=args))
+                call = chunk.tool_calls[i]
+                fn = call.get("function") or {}
+                meta = {k: v for k, v in (("id", call.get("id")), ("index", fn.get("index", call.get("index")))) if v is not None}
+                events.append(self._event("tool_call", tool_name=name, tool_args=args, meta=meta or None))
             self._tool_calls.extend(chunk.tool_calls)
             if chunk.done:
                 self._drop_held_repeat()

@@ -197,6 +197,7 @@ class _Results:
             tokens_per_second=s.tokens_per_second,
             model=s.model,
             context=s.context,
+            logprobs=tuple(s._logprobs),
         )
 
     @property
