@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from ._exceptions import AICortexError
 
@@ -52,6 +52,46 @@ class StreamEvent:
     server: str | None = None
     attempt: int = 1
     logprobs: tuple[Mapping[str, Any], ...] | None = None
+
+    def is_text(self) -> bool:
+        """A piece of the reply's text (``type == "token"``)."""
+        return self.type == "token"
+
+    def is_thinking(self) -> bool:
+        """A piece of the model's thinking (``type == "thinking"``)."""
+        return self.type == "thinking"
+
+    def is_tool_call(self) -> bool:
+        """A complete tool call (``type == "tool_call"``)."""
+        return self.type == "tool_call"
+
+
+#: ``include=`` names: event types, and the phase names some streaming libraries use
+#: ("generating", "thinking", "tool_calling") as aliases.
+EVENT_ALIASES = {"generating": "token", "text": "token", "tool_calling": "tool_call"}
+
+
+def event_filter(include: "str | Sequence[str] | None") -> frozenset[str] | None:
+    """The set of event types ``include=`` keeps, or ``None`` for every event.
+
+    Raises:
+        ConfigError: an unknown name (naming the ones that exist).
+    """
+    from ._exceptions import ConfigError
+
+    if include is None:
+        return None
+    names = [include] if isinstance(include, str) else list(include)
+    known = set(EventType.__args__)  # type: ignore[attr-defined]
+    out = set()
+    for name in names:
+        kind = EVENT_ALIASES.get(name, name)
+        if kind not in known:
+            raise ConfigError(
+                f"include={name!r}: use event types ({', '.join(sorted(known))}) or {', '.join(sorted(EVENT_ALIASES))}"
+            )
+        out.add(kind)
+    return frozenset(out)
 
 
 _new = object.__new__

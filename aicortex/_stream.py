@@ -167,10 +167,11 @@ def _abort(s: ChatSession, held: _Held) -> None:
 class _Results:
     """What a streamed reply knows, shared by :class:`Stream` and :class:`AsyncStream`."""
 
-    def __init__(self, session: ChatSession, keep_events: bool) -> None:
+    def __init__(self, session: ChatSession, keep_events: bool, include: "frozenset[str] | None" = None) -> None:
         self._session = session
         self._events: list[StreamEvent] | None = [] if keep_events else None
         self._closed = False
+        self._include = include  # the event types handed out (None: all); every one is kept
 
     def _result_text(self) -> str:
         s = self._session
@@ -225,6 +226,12 @@ class _Results:
     def thinking(self) -> str:
         """The reply's thinking text so far."""
         return self._session.thinking
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The assistant message so far, as Ollama shapes it, to append to the history:
+        ``{"role": "assistant", "content", "thinking"?, "tool_calls"?}``."""
+        return self._session.message()
 
     @property
     def tool_calls(self) -> list[Mapping[str, Any]]:
@@ -290,8 +297,11 @@ class Stream(_Results):
     ``attempts``, ``complete``, ``closed_early``.
     """
 
-    def __init__(self, session: ChatSession, transport: "Transport", fleet: "FleetView", *, keep_events: bool = True) -> None:
-        super().__init__(session, keep_events)
+    def __init__(
+        self, session: ChatSession, transport: "Transport", fleet: "FleetView", *, keep_events: bool = True,
+        include: "frozenset[str] | None" = None,
+    ) -> None:
+        super().__init__(session, keep_events, include)
         # The driver does not reference the Stream, so dropping the Stream frees it at
         # once and closes the connection.
         self._gen: Generator[StreamEvent, None, None] = _drive_sync(session, transport, _Held(fleet))
@@ -304,26 +314,29 @@ class Stream(_Results):
         # finalised at once, and the stream is closed.
         if self._closed:
             return
-        events = self._events
+        events, include = self._events, self._include
         try:
             for event in self._gen:
                 if events is not None:
                     events.append(event)
-                yield event
+                if include is None or event.type in include:
+                    yield event
         finally:
             self.close()
 
     def __next__(self) -> StreamEvent:
-        if self._closed:
-            raise StopIteration
-        try:
-            event = next(self._gen)
-        except BaseException:
-            self.close()
-            raise
-        if self._events is not None:
-            self._events.append(event)
-        return event
+        while True:
+            if self._closed:
+                raise StopIteration
+            try:
+                event = next(self._gen)
+            except BaseException:
+                self.close()
+                raise
+            if self._events is not None:
+                self._events.append(event)
+            if self._include is None or event.type in self._include:
+                return event
 
     def close(self) -> None:
         """Stop the request and release its connection. Safe to call twice."""
@@ -371,8 +384,11 @@ class AsyncStream(_Results):
     ``await reply()`` read the rest.
     """
 
-    def __init__(self, session: ChatSession, transport: "AsyncTransport", fleet: "FleetView", *, keep_events: bool = True) -> None:
-        super().__init__(session, keep_events)
+    def __init__(
+        self, session: ChatSession, transport: "AsyncTransport", fleet: "FleetView", *, keep_events: bool = True,
+        include: "frozenset[str] | None" = None,
+    ) -> None:
+        super().__init__(session, keep_events, include)
         self._held = _Held(fleet)
         self._agen: AsyncGenerator[StreamEvent, None] = _drive_async(session, transport, self._held)
         self._started = False
@@ -381,17 +397,19 @@ class AsyncStream(_Results):
         return self
 
     async def __anext__(self) -> StreamEvent:
-        if self._closed:
-            raise StopAsyncIteration
-        self._started = True
-        try:
-            event = await self._agen.__anext__()
-        except BaseException:
-            await self.aclose()
-            raise
-        if self._events is not None:
-            self._events.append(event)
-        return event
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            self._started = True
+            try:
+                event = await self._agen.__anext__()
+            except BaseException:
+                await self.aclose()
+                raise
+            if self._events is not None:
+                self._events.append(event)
+            if self._include is None or event.type in self._include:
+                return event
 
     async def aclose(self) -> None:
         """Stop the request and close its connection. Safe to call twice."""
