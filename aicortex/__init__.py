@@ -34,6 +34,7 @@ from ._exceptions import (
     FirstTokenTimeout,
     HTTPStatusError,
     IncompleteStream,
+    InvalidOutput,
     InvalidURL,
     ModelNotFound,
     OllamaError,
@@ -109,6 +110,7 @@ __all__ = [
     "IncompleteStream",
     "DeadlineExceeded",
     "AllServersFailed",
+    "InvalidOutput",
 ]
 
 

@@ -20,6 +20,7 @@ The tree::
     │   ├── OllamaError                   an in-stream {"error": ...} line on an HTTP 200 stream
     │   └── ProtocolError                 a malformed reply: bad NDJSON, a line over the cap,
     │       └── IncompleteStream          the body ended cleanly without a done:true chunk
+    ├── InvalidOutput (ValueError)        a reply that does not validate against output_type
     ├── DeadlineExceeded (TimeoutError)   the total deadline across all attempts ran out
     └── AllServersFailed (RuntimeError)   every candidate failed; ``.attempts`` says how
 
@@ -56,6 +57,7 @@ __all__ = [
     "IncompleteStream",
     "DeadlineExceeded",
     "AllServersFailed",
+    "InvalidOutput",
     "error_reason",
 ]
 
@@ -246,6 +248,22 @@ class DeadlineExceeded(AICortexError, builtins.TimeoutError):
         super().__init__(message)
         self.deadline_s = deadline_s
         self.attempts = tuple(attempts)
+
+
+class InvalidOutput(AICortexError, ValueError):
+    """A complete reply that does not validate against the ``output_type`` asked for.
+
+    Attributes:
+        server: URL of the server that produced the reply.
+        model: the model asked for.
+        text: the reply's text.
+    """
+
+    def __init__(self, message: str, *, server: str | None, model: str, text: str) -> None:
+        super().__init__(message)
+        self.server = server
+        self.model = model
+        self.text = text
 
 
 class AllServersFailed(AICortexError, RuntimeError):

@@ -196,6 +196,8 @@ class Reply:
         context: for :meth:`~aicortex.Client.generate` without ``raw``, Ollama's final
             ``context`` (token ids to pass back for a follow-up), else ``None``.
         logprobs: with ``logprobs=True``, every token's entry in reply order.
+        output: with ``output_type=SomeModel``, the reply validated as that pydantic
+            model, else ``None``.
 
     ``str(reply)`` is ``reply.text``.
     """
@@ -210,6 +212,7 @@ class Reply:
     model: str = ""
     context: tuple[int, ...] | None = None
     logprobs: tuple[Mapping[str, Any], ...] = ()
+    output: Any = None
 
     @property
     def thinking(self) -> str:

@@ -145,6 +145,8 @@ class ChatSession:
         self.endpoint = endpoint
         self.prompt = prompt
         self.context: tuple[int, ...] | None = None  # /api/generate's final context
+        #: A pydantic model class the complete reply is validated as (``output_type=``).
+        self.output_type: Any = None
         self.candidates = list(candidates)
         self.timeouts = timeouts
         self.policy = policy

@@ -14,7 +14,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, AsyncGenerator, Generator, Iterator, Mapping
 
-from ._exceptions import IncompleteStream, ServerError
+from ._exceptions import IncompleteStream, InvalidOutput, ServerError
 from ._flow import Admit, Close, KnownPrefill, Learn, Open, Read, Record, Show, chat_flow
 from ._models import Attempt, Reply, StreamEvent, Usage
 from ._session import ChatSession
@@ -169,6 +169,7 @@ class _Results:
 
     def __init__(self, session: ChatSession, keep_events: bool, include: "frozenset[str] | None" = None) -> None:
         self._session = session
+        self._output: Any = None
         self._events: list[StreamEvent] | None = [] if keep_events else None
         self._closed = False
         self._include = include  # the event types handed out (None: all); every one is kept
@@ -199,7 +200,31 @@ class _Results:
             model=s.model,
             context=s.context,
             logprobs=tuple(s._logprobs),
+            output=self._validated(text),
         )
+
+    def _validated(self, text: str) -> Any:
+        """The reply validated as ``output_type`` (pydantic), once; ``None`` without one."""
+        output_type = self._session.output_type
+        if output_type is None or self._output is not None:
+            return self._output
+        try:
+            self._output = output_type.model_validate_json(text)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            s = self._session
+            raise InvalidOutput(
+                f"the reply of {s.server} does not validate as {output_type.__name__} (model {s.model!r}): {exc}",
+                server=s.server, model=s.model, text=text,
+            ) from exc
+        return self._output
+
+    @property
+    def output(self) -> Any:
+        """With ``output_type=SomeModel``: the complete reply validated as that pydantic
+        model (``None`` before the end). Raises ``InvalidOutput`` if it does not validate."""
+        if not self._session.complete:
+            return None
+        return self._validated(self._session.text)
 
     @property
     def events(self) -> list[StreamEvent]:

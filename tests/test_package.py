@@ -18,7 +18,7 @@ EXPECTED = {
     "AICortexError", "ConfigError", "InvalidURL", "RegistryError", "ModelNotFound", "ServerError",
     "ConnectError", "TimeoutError", "ConnectTimeout", "PoolTimeout", "FirstTokenTimeout", "StallTimeout", "HTTPStatusError",
     "BadRequest", "ServerModelNotFound", "OllamaError", "ProtocolError", "IncompleteStream",
-    "DeadlineExceeded", "AllServersFailed",
+    "DeadlineExceeded", "AllServersFailed", "InvalidOutput",
 }
 
 
