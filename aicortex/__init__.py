@@ -22,6 +22,7 @@ from ._config import Timeouts
 from ._discovery import ProbeResult, RefreshReport
 from ._embed import EmbedResult
 from ._fleet import FleetView
+from ._fleetops import OpResult, PsReport, PullProgress, PullResult, ShowResult
 from ._health import Health, Outcome
 from ._exceptions import (
     AICortexError,
@@ -46,7 +47,7 @@ from ._exceptions import (
     StallTimeout,
     TimeoutError,
 )
-from ._models import Attempt, ModelEntry, ModelList, Reply, Server, StreamEvent, Usage
+from ._models import Attempt, FleetModel, LoadedModel, ModelEntry, ModelList, Reply, Server, StreamEvent, Usage
 from ._routing import Route
 from ._session import Candidate
 from ._store import Snapshot
@@ -78,6 +79,13 @@ __all__ = [
     "ModelEntry",
     "ModelList",
     "Timeouts",
+    "FleetModel",
+    "LoadedModel",
+    "PsReport",
+    "ShowResult",
+    "PullProgress",
+    "PullResult",
+    "OpResult",
     # types that appear in signatures
     "EmbedResult",
     "RefreshReport",

@@ -20,7 +20,7 @@ import asyncio
 import sys
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, Awaitable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Mapping, TypeVar
 
 import aiohttp
 
@@ -34,7 +34,7 @@ from ._exceptions import (
 )
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
-from ._protocol import encode_body
+from ._protocol import MAX_LINE_BYTES, NDJSONDecoder, encode_body
 from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _check_open, show_object, ssl_context, status_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,6 +194,66 @@ class AsyncTransport:
         if len(payload) > limit:
             raise ProtocolError(f"{path} reply longer than {limit} bytes", server=server)
         return payload
+
+    async def stream_lines(
+        self,
+        server: str,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        connect_timeout_s: float | None,
+        read_timeout_s: float | None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """As the sync ``Transport.stream_lines``: an async generator of the NDJSON reply's
+        objects as they arrive; ``aclose()`` (or leaving ``async for`` early, then closing
+        it) closes the connection. Raises as the sync version, while iterating."""
+        headers = {"Accept": "application/x-ndjson", **self._server_headers.get(server, {})}
+        data = None
+        if body is not None:
+            data = encode_body(body)
+            headers["Content-Type"] = "application/json"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        where = f"on {method} {path}"
+        decoder = NDJSONDecoder(max_line_bytes, server=server)
+        try:
+            async with self._get_session().request(method, server + path, data=data, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                if response.status >= 300:
+                    raise await self._status_error(server, response)
+                encoding = response.headers.get("Content-Encoding", "identity").lower()
+                inflate: Any = None
+                if encoding in ("gzip", "x-gzip", "deflate"):  # compressed although not asked for
+                    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)
+                elif encoding not in ("", "identity"):
+                    raise ProtocolError(f"reply in an unsupported Content-Encoding {encoding!r}", server=server)
+                while True:
+                    piece = await response.content.readany()
+                    if not piece:
+                        break
+                    if inflate is not None:
+                        try:
+                            piece = inflate.decompress(piece)
+                        except zlib.error as exc:
+                            raise ProtocolError(f"bad compressed reply: {exc}", server=server) from exc
+                    for obj in decoder.feed(piece):
+                        yield obj
+                    if decoder.error is not None:
+                        raise decoder.error
+                if inflate is not None:
+                    for obj in decoder.feed(inflate.flush()):
+                        yield obj
+                for obj in decoder.flush():
+                    yield obj
+        except AICortexError:
+            raise
+        except aiohttp.ServerTimeoutError as exc:
+            raise _translate(exc, server, connect_timeout_s, where, read_timeout_s) from exc
+        except asyncio.TimeoutError as exc:
+            raise AICortexTimeout(f"read timeout {where}", server=server, timeout_s=read_timeout_s) from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            _check_open(self._closed, exc)
+            raise _translate(exc, server, connect_timeout_s, where) from exc
 
     async def show(self, server: str, model: str, *, timeout_s: float | None) -> dict[str, Any] | None:
         """POST ``server``/api/show for ``model``: the JSON object, or ``None`` (never raises)."""

@@ -10,6 +10,7 @@ neither httpx, aiohttp nor sqlite-utils: they are imported when the first client
 from __future__ import annotations
 
 import atexit
+import builtins
 import os
 import random
 import threading
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._discovery import ProbeResult, RefreshReport
     from ._embed import EmbedPlan, EmbedResult
     from ._fleet import FleetView
+    from ._fleetops import OpResult, PsReport, PullProgress, PullResult, ShowResult
+    from ._models import FleetModel
     from ._registry import Registry
     from ._routing import Route
 
@@ -427,7 +430,7 @@ class Client(BaseClient):
                     except AICortexError as exc:  # a registry that cannot be written: go on
                         self._fleet._storage_failed("refresh", exc)
 
-    def models(self) -> list[str]:
+    def models(self) -> builtins.list[str]:
         """Sorted distinct model names across enabled servers (as Ollama /api/tags names them).
 
         Refreshes first if the registry was never refreshed or is older than the TTL.
@@ -446,7 +449,7 @@ class Client(BaseClient):
         self._maybe_refresh()
         return self._route_now(_require_model(model))
 
-    def list_model_servers(self, model: str) -> list[Server]:
+    def list_model_servers(self, model: str) -> builtins.list[Server]:
         """The enabled servers that list ``model``, in the order :meth:`chat` would try
         them; servers whose circuit breaker is open (in cooldown) come last.
 
@@ -465,7 +468,7 @@ class Client(BaseClient):
         max_tokens: int | None = 32,
         warmup: int = 0,
         on_result: "Callable[[BenchResult], None] | None" = None,
-    ) -> "list[BenchResult]":
+    ) -> "builtins.list[BenchResult]":
         """Measure each enabled server that lists ``model`` with ``runs`` short replies.
 
         Each reply is pinned to one server (no failover). Returns one
@@ -490,6 +493,130 @@ class Client(BaseClient):
             self, _require_model(model), runs, prompt=prompt or DEFAULT_BENCH_PROMPT,
             max_tokens=max_tokens, warmup=warmup, on_result=on_result,
         )
+
+    # -- fleet operations (the logic is in aicortex._fleetops) -----------------------------------
+    def list(self) -> "builtins.list[FleetModel]":
+        """The fleet's models from the registry: one :class:`~aicortex.FleetModel` per model
+        name (``x`` and ``x:latest`` are one), with the enabled servers that list it, its
+        size in bytes, digest(s), details and where it was loaded, sorted by name.
+
+        Refreshes first when the registry is stale, as :meth:`models` does; for what is
+        loaded right now, ask :meth:`ps`.
+        """
+        from ._fleetops import fleet_models
+
+        self._maybe_refresh()
+        return fleet_models(self._fleet.snapshot)
+
+    def ps(self, servers: Sequence[str] | None = None) -> "PsReport":
+        """What is loaded where, live: ``GET /api/ps`` on every enabled server (or the
+        ``servers`` named) concurrently, in threads.
+
+        Returns a :class:`~aicortex.PsReport`: iterate it for
+        :class:`~aicortex.LoadedModel` entries (server, name, size, size_vram, expires_at,
+        context_length); a server that did not answer is in ``report.errors``, never
+        raised. Raises ``RegistryError`` for an unknown server name.
+        """
+        from ._fleetops import ps_sync
+
+        return ps_sync(self, servers)
+
+    def show(self, model: str) -> "ShowResult":
+        """``POST /api/show`` for ``model`` on the first server that lists it (routing
+        order), going on to the next on a server error.
+
+        Returns a :class:`~aicortex.ShowResult`: the reply's JSON object (a ``dict``:
+        ``template``, ``details``, ``model_info``, ``capabilities``...) with ``.server``
+        (the URL that answered) and ``.attempts`` (the servers that failed before it).
+
+        Raises:
+            ModelNotFound: no enabled server lists the model.
+            AllServersFailed: every server that lists it failed (``.attempts``).
+            BadRequest: HTTP 400 (no failover: the request is wrong).
+        """
+        from ._fleetops import show_sync
+
+        return show_sync(self, _require_model(model))
+
+    def pull(
+        self,
+        model: str,
+        servers: Sequence[str] | None = None,
+        on_progress: "Callable[[PullProgress], None] | None" = None,
+        *,
+        insecure: bool = False,
+        timeout_s: float | None = 600.0,
+    ) -> "builtins.list[PullResult]":
+        """``POST /api/pull`` of ``model`` on every enabled server (or the ``servers``
+        named or given by URL), concurrently, reading each server's progress lines as
+        they arrive; then refreshes the servers that succeeded, so the registry lists it.
+
+        Args:
+            on_progress: called with each :class:`~aicortex.PullProgress` (server, status,
+                digest, total, completed), from the calling thread, in the order each
+                server sent its lines (servers interleaved).
+            insecure: Ollama's ``insecure`` (a registry without TLS).
+            timeout_s: the longest silence between two progress lines, seconds.
+
+        Returns one :class:`~aicortex.PullResult` per server, in the order given: ``ok``,
+        or the ``error`` (an in-stream ``{"error": ...}``, an HTTP error, a server that is
+        down); one server's failure is never raised. Raises ``RegistryError`` for an
+        unknown server name; an exception from ``on_progress`` stops the pulls' reading
+        and is raised.
+        """
+        from ._fleetops import pull_sync
+
+        return pull_sync(self, _require_model(model), servers, on_progress, insecure, timeout_s)
+
+    def delete(self, model: str, servers: Sequence[str] | None = None) -> "builtins.list[OpResult]":
+        """``DELETE /api/delete`` of ``model`` on every enabled server that lists it (or the
+        ``servers`` given), concurrently; then refreshes the servers where it succeeded.
+
+        Returns one :class:`~aicortex.OpResult` per server (``ok``, ``error``); never
+        raises for one server. Raises ``ModelNotFound`` when no server is given and none
+        lists the model.
+        """
+        from ._fleetops import delete_sync
+
+        return delete_sync(self, _require_model(model), servers)
+
+    def copy(self, source: str, destination: str, servers: Sequence[str] | None = None) -> "builtins.list[OpResult]":
+        """``POST /api/copy`` of ``source`` to ``destination`` on every enabled server that
+        lists ``source`` (or the ``servers`` given), concurrently; then refreshes the
+        servers where it succeeded. Returns and raises as :meth:`delete`.
+        """
+        from ._fleetops import copy_sync
+
+        return copy_sync(self, _require_model(source), _require_model(destination), servers)
+
+    def warm(
+        self, model: str, servers: Sequence[str] | None = None, *, keep_alive: str | float | None = None
+    ) -> "builtins.list[OpResult]":
+        """Load ``model`` into memory: an empty ``POST /api/generate`` (Ollama loads the
+        model and answers ``done_reason: "load"``), on the first server in routing order
+        (going on to the next when one fails), or on every server in ``servers``. Then
+        refreshes the servers where it succeeded, so routing sees the model warm.
+
+        Args:
+            keep_alive: how long it stays loaded (Ollama's ``keep_alive``: ``"10m"``,
+                seconds, ``-1`` for ever); default the server's (5 minutes).
+
+        Returns one :class:`~aicortex.OpResult` per server tried. Raises
+        ``ModelNotFound`` when no server is given and none lists the model.
+        """
+        from ._fleetops import warm_sync
+
+        return warm_sync(self, _require_model(model), servers, keep_alive)
+
+    def unload(self, model: str, servers: Sequence[str] | None = None) -> "builtins.list[OpResult]":
+        """Unload ``model`` (an empty ``POST /api/generate`` with ``keep_alive: 0``) on
+        every server where a live ``/api/ps`` shows it loaded (or on the ``servers``
+        given); then refreshes them. Returns one :class:`~aicortex.OpResult` per server
+        (none when it is loaded nowhere).
+        """
+        from ._fleetops import unload_sync
+
+        return unload_sync(self, _require_model(model), servers)
 
     # -- chat -------------------------------------------------------------------------------
     @overload
@@ -715,7 +842,7 @@ class AsyncClient(BaseClient):
             except AICortexError as exc:
                 self._fleet._storage_failed("refresh", exc)
 
-    async def models(self) -> list[str]:
+    async def models(self) -> builtins.list[str]:
         """As :meth:`Client.models`."""
         import asyncio
 
@@ -727,12 +854,12 @@ class AsyncClient(BaseClient):
         await self._maybe_refresh()
         return self._route_now(_require_model(model))
 
-    async def list_model_servers(self, model: str) -> list[Server]:
+    async def list_model_servers(self, model: str) -> builtins.list[Server]:
         """As :meth:`Client.list_model_servers`."""
         route = await self.route(_require_model(model))
         return [c.server for c in route.candidates + route.skipped]
 
-    async def bench(self, model: str, runs: int = 5, **kw: Any) -> "list[BenchResult]":
+    async def bench(self, model: str, runs: int = 5, **kw: Any) -> "builtins.list[BenchResult]":
         """As :meth:`Client.bench` (run in a worker thread with a sync client on the
         same registry)."""
         import asyncio
@@ -742,6 +869,66 @@ class AsyncClient(BaseClient):
                 return client.bench(model, runs, **kw)
 
         return await asyncio.to_thread(run)
+
+    async def list(self) -> "builtins.list[FleetModel]":
+        """As :meth:`Client.list`."""
+        from ._fleetops import fleet_models
+
+        await self._maybe_refresh()
+        return fleet_models(self._fleet.snapshot)
+
+    async def ps(self, servers: Sequence[str] | None = None) -> "PsReport":
+        """As :meth:`Client.ps`, with one asyncio task per server."""
+        from ._fleetops import ps_async
+
+        return await ps_async(self, servers)
+
+    async def show(self, model: str) -> "ShowResult":
+        """As :meth:`Client.show`."""
+        from ._fleetops import show_async
+
+        return await show_async(self, _require_model(model))
+
+    async def pull(
+        self,
+        model: str,
+        servers: Sequence[str] | None = None,
+        on_progress: "Callable[[PullProgress], None] | None" = None,
+        *,
+        insecure: bool = False,
+        timeout_s: float | None = 600.0,
+    ) -> "builtins.list[PullResult]":
+        """As :meth:`Client.pull`, with one asyncio task per server; ``on_progress`` is
+        called on the event loop as each line arrives (keep it quick)."""
+        from ._fleetops import pull_async
+
+        return await pull_async(self, _require_model(model), servers, on_progress, insecure, timeout_s)
+
+    async def delete(self, model: str, servers: Sequence[str] | None = None) -> "builtins.list[OpResult]":
+        """As :meth:`Client.delete`."""
+        from ._fleetops import delete_async
+
+        return await delete_async(self, _require_model(model), servers)
+
+    async def copy(self, source: str, destination: str, servers: Sequence[str] | None = None) -> "builtins.list[OpResult]":
+        """As :meth:`Client.copy`."""
+        from ._fleetops import copy_async
+
+        return await copy_async(self, _require_model(source), _require_model(destination), servers)
+
+    async def warm(
+        self, model: str, servers: Sequence[str] | None = None, *, keep_alive: str | float | None = None
+    ) -> "builtins.list[OpResult]":
+        """As :meth:`Client.warm`."""
+        from ._fleetops import warm_async
+
+        return await warm_async(self, _require_model(model), servers, keep_alive)
+
+    async def unload(self, model: str, servers: Sequence[str] | None = None) -> "builtins.list[OpResult]":
+        """As :meth:`Client.unload`."""
+        from ._fleetops import unload_async
+
+        return await unload_async(self, _require_model(model), servers)
 
     def chat(
         self,

@@ -12,7 +12,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 from ._exceptions import AICortexError
 
-__all__ = ["StreamEvent", "EventType", "Usage", "Attempt", "Reply", "Server", "ModelEntry", "ModelList", "token_event"]
+__all__ = [
+    "StreamEvent", "EventType", "Usage", "Attempt", "Reply", "Server", "ModelEntry", "ModelList", "token_event",
+    "FleetModel", "LoadedModel",
+]
 
 EventType = Literal["start", "token", "thinking", "tool_call", "tool_result", "error", "meta", "reset", "end"]
 
@@ -301,3 +304,66 @@ class ModelList(list[str]):
 
         key = model_key(name)
         return any(model_key(listed) == key for listed in self)
+
+
+@dataclass(frozen=True)
+class FleetModel:
+    """One model across the fleet, from the registry (what the last refresh found).
+
+    Names that differ only by ``:latest`` (``"llama3.2"``, ``"llama3.2:latest"``) are one
+    model.
+
+    Fields:
+        name: the name as the first server (in priority order) lists it.
+        servers: URLs of the enabled servers that list it, highest priority first.
+        size: size in bytes as listed (the largest, if servers differ); 0 if unknown.
+        digests: the distinct digests the servers list, in server order (more than one
+            means the servers hold different builds under one name).
+        details: Ollama's ``details`` object (family, parameter_size,
+            quantization_level...) of the first server that lists it.
+        loaded_on: URLs of the servers where it was loaded (``/api/ps``) at the last
+            refresh; :meth:`~aicortex.Client.ps` asks the servers live.
+    """
+
+    name: str
+    servers: tuple[str, ...] = ()
+    size: int = 0
+    digests: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    loaded_on: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str | None:
+        """The digest when every server lists the same one, else ``None``."""
+        return self.digests[0] if len(self.digests) == 1 else None
+
+    @property
+    def loaded(self) -> bool:
+        """Loaded on at least one server (at the last refresh)."""
+        return bool(self.loaded_on)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded on one server, from a live ``GET /api/ps`` (ollama-protocol §1.4).
+
+    Every figure the server sent in a shape that makes no sense (a string, a negative or
+    non-finite number, a bad date) is ``None``.
+
+    Fields:
+        server: URL of the server.
+        name: the model name as the server lists it (``"llama3.2:latest"``).
+        size: bytes the loaded model takes (RAM and VRAM together).
+        size_vram: bytes of it in GPU memory (``size_vram == size``: fully on the GPU).
+        expires_at: Unix seconds when the server unloads it (``keep_alive``).
+        context_length: the context window it was loaded with, in tokens.
+        digest: the model's digest, ``""`` if not sent.
+    """
+
+    server: str
+    name: str
+    size: int | None = None
+    size_vram: int | None = None
+    expires_at: float | None = None
+    context_length: int | None = None
+    digest: str = ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from ._exceptions import ConfigError, ProtocolError
-from ._models import ModelEntry, Usage
+from ._models import LoadedModel, ModelEntry, Usage
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -29,6 +29,8 @@ __all__ = [
     "model_key",
     "parse_tags",
     "parse_ps",
+    "parse_ps_entries",
+    "parse_rfc3339",
     "parse_version",
     "encode_body",
     "parse_generate_chunk",
@@ -679,6 +681,68 @@ def parse_ps(data: bytes | Mapping[str, Any], server: str | None = None) -> list
     """
     obj = _json_object(data, "/api/ps", server)
     return [m.get("name") or m["model"] for m in _model_list(obj, "/api/ps", server)]
+
+
+def parse_ps_entries(data: bytes | Mapping[str, Any], server: str) -> list[LoadedModel]:
+    """The loaded models of a GET /api/ps reply (ollama-protocol §1.4), field by field.
+
+    Defensive: ``size``, ``size_vram`` and ``context_length`` that are not finite
+    non-negative numbers within int64 become ``None``; an ``expires_at`` that is not an
+    RFC 3339 time (or is Go's zero time, "never") becomes ``None``; a ``digest`` that is
+    not a string ``""``. Entries without a string ``name``/``model`` are left out.
+    :func:`parse_ps` (names only) is unchanged.
+
+    Raises:
+        ProtocolError: the body is not a JSON object with a ``models`` list.
+    """
+    obj = _json_object(data, "/api/ps", server)
+    out = []
+    for m in _model_list(obj, "/api/ps", server):
+        name = m.get("name")
+        out.append(
+            LoadedModel(
+                server=server,
+                name=name if isinstance(name, str) else m["model"],
+                size=_count(m.get("size")),
+                size_vram=_count(m.get("size_vram")),
+                expires_at=parse_rfc3339(m.get("expires_at")),
+                context_length=_count(m.get("context_length")),
+                digest=_string(m.get("digest")),
+            )
+        )
+    return out
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def parse_rfc3339(value: Any) -> float | None:
+    """Unix seconds of an RFC 3339 time as Go writes it (``2024-06-04T14:38:31.83753-07:00``,
+    ``...Z``, up to nanoseconds), or ``None``: not a string, not such a time, out of
+    range, or Go's zero time ``0001-01-01T00:00:00Z``. Never raises."""
+    import datetime as dt
+
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    m = _RFC3339.fullmatch(value.strip())
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac = m.group(7) or ""
+    try:
+        if m.group(8):
+            tz = dt.timezone.utc
+        else:
+            offset = dt.timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
+            tz = dt.timezone(-offset if m.group(9) == "-" else offset)
+        if (year, month, day, hour, minute, second) == (1, 1, 1, 0, 0, 0) and not frac.strip("0"):
+            return None  # Go's zero time.Time: no expiry
+        when = dt.datetime(year, month, day, hour, minute, min(second, 59), tzinfo=tz)  # 60: a leap second
+        return when.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
+    except (ValueError, OverflowError):
+        return None
 
 
 def parse_version(data: bytes | Mapping[str, Any], server: str | None = None) -> str:

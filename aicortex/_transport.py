@@ -47,7 +47,7 @@ from ._exceptions import (
 )
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
-from ._protocol import encode_body, error_text
+from ._protocol import MAX_LINE_BYTES, NDJSONDecoder, encode_body, error_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
@@ -195,6 +195,63 @@ class Transport:
             if len(data) > limit:
                 raise ProtocolError(f"{path} reply longer than {limit} bytes", server=server)
             return data
+        finally:
+            response.close()
+
+    def stream_lines(
+        self,
+        server: str,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        connect_timeout_s: float | None,
+        read_timeout_s: float | None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> Iterator[dict[str, Any]]:
+        """``method server+path`` with an optional JSON body, its NDJSON reply decoded
+        line by line as it arrives (e.g. ``/api/pull`` progress). A generator: the request
+        is sent at the first ``next()``, and closing the generator (or leaving a ``for``
+        early) closes the connection. ``read_timeout_s`` bounds each silence between bytes.
+
+        ``{"error": ...}`` lines are yielded like any other: the caller interprets them.
+
+        Raises (while iterating):
+            ConnectError, ConnectTimeout, AICortexTimeout (read), HTTPStatusError (an error
+            status, its body bounded), ProtocolError (a line that is not a JSON object, or
+            longer than ``max_line_bytes``, or a truncated last line).
+        """
+        _check_open(self._closed)
+        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=connect_timeout_s, pool=connect_timeout_s)
+        headers = {"Accept": "application/x-ndjson", **self.headers_for(server)}
+        content = encode_body(body) if body is not None else None
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        where = f"on {method} {path}"
+        try:
+            request = self._client.build_request(method, server + path, content=content, timeout=timeout, headers=headers)
+            response = self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            _check_open(self._closed, exc)
+            raise _translate(exc, server, connect_timeout_s, where, read_timeout_s) from exc
+        try:
+            if response.status_code >= 300:
+                raise self._status_error(server, response, self._read_bounded(response, server))
+            encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
+            pieces = response.iter_bytes() if encoded else response.iter_raw()
+            decoder = NDJSONDecoder(max_line_bytes, server=server)
+            while True:
+                try:
+                    data = next(pieces)
+                except StopIteration:
+                    break
+                except httpx.HTTPError as exc:
+                    _check_open(self._closed, exc)
+                    raise _translate(exc, server, connect_timeout_s, where, read_timeout_s) from exc
+                yield from decoder.feed(data)
+                if decoder.error is not None:
+                    raise decoder.error
+            yield from decoder.flush()
         finally:
             response.close()
 

@@ -9,6 +9,13 @@ Commands::
     aicortex models [MODEL] [--json]
     aicortex chat -m MODEL [PROMPT]
     aicortex bench -m MODEL [--runs K]
+    aicortex ps [--server S]... [--json]
+    aicortex show MODEL [--json]
+    aicortex pull MODEL [--server S]... [--json]
+    aicortex delete MODEL [--server S]... [--json]
+    aicortex copy SOURCE DESTINATION [--server S]... [--json]
+    aicortex warm MODEL [--server S]... [--keep-alive D] [--json]
+    aicortex unload MODEL [--server S]... [--json]
 
 ``--db PATH`` goes before the command (``aicortex --db PATH models``, env
 ``AICORTEX_DB``) or after it (``aicortex models --db PATH``, which wins); default:
@@ -37,6 +44,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import Client
+    from ._fleetops import OpResult, PullProgress
     from ._models import Server, StreamEvent
     from ._registry import Registry
 
@@ -648,6 +656,246 @@ def bench(model: str, runs: int, warmup: int, max_tokens: int, prompt: str | Non
     ))
     if all(r.ok == 0 for r in results):
         raise click.ClickException(f"every server failed every run of {model!r}")
+
+
+# -- fleet operations ----------------------------------------------------------------------------
+def server_option(fn: F) -> F:
+    """``--server S`` (repeatable): a server's name or URL to act on instead of the default set."""
+    return click.option(
+        "--server",
+        "server_names",
+        multiple=True,
+        metavar="SERVER",
+        help="A server name or URL to act on (repeatable); default: see above.",
+    )(fn)
+
+
+def _model_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    checked = _check_model(ctx, param, value)
+    assert checked is not None
+    return checked
+
+
+def human_bytes(n: int | None) -> str:
+    """``4.1 GB``, ``512 MB``, ``12 KB``, ``7 B`` (powers of 1000, as Ollama shows sizes)."""
+    if n is None:
+        return "-"
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def humanize_in(ts: float | None, now: float | None = None) -> str:
+    """``in 4m``, ``in 2h``; ``never`` for ``None`` (no expiry); ``now`` once past."""
+    if ts is None:
+        return "never"
+    delta = ts - (time.time() if now is None else now)
+    if delta <= 0:
+        return "now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"in {int(delta // size)}{unit}"
+    return f"in {int(delta)}s"
+
+
+def _names(client: "Client") -> dict[str, str]:
+    return {s.url: s.name for s in client.registry.servers()}
+
+
+def _targets(server_names: tuple[str, ...]) -> list[str] | None:
+    return list(server_names) or None
+
+
+def _echo_results(results: "Sequence[OpResult]", names: dict[str, str], as_json: bool, verb: str, empty: str) -> None:
+    """The per-server outcome of an operation as a table (or JSON); exit 1 if one failed."""
+    if as_json:
+        _echo_json([{**dataclasses.asdict(r), "name": names.get(r.server)} for r in results])
+    elif not results:
+        click.echo(empty)
+    else:
+        rows = [(names.get(r.server, r.server), r.server, verb if r.ok else "failed", truncate(r.error or "", 70)) for r in results]
+        click.echo(format_table(["server", "url", "result", "error"], rows))
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise click.ClickException(f"{_plural(len(failed), 'server')} of {len(results)} failed")
+
+
+@cli.command()
+@server_option
+@json_option
+@db_option
+def ps(server_names: tuple[str, ...], as_json: bool, db: str | None) -> None:
+    """Show the models loaded right now on every enabled server (or each --server).
+
+    Asks each server's /api/ps concurrently. A server that does not answer is named on
+    stderr; exits 1 only when none answered.
+    """
+    with open_client(db) as client:
+        report = client.ps(_targets(server_names))
+        names = _names(client)
+    if as_json:
+        _echo_json({
+            "models": [{**dataclasses.asdict(m), "name_of_server": names.get(m.server)} for m in report],
+            "errors": report.errors,
+        })
+    else:
+        now = time.time()
+        rows = [
+            (names.get(m.server, m.server), m.name, human_bytes(m.size), human_bytes(m.size_vram),
+             m.context_length if m.context_length is not None else "-", humanize_in(m.expires_at, now))
+            for m in report
+        ]
+        if rows:
+            click.echo(format_table(["server", "model", "size", "vram", "context", "expires"], rows))
+        elif not report.errors:
+            click.echo("No model is loaded.")
+        for url, reason in report.errors.items():
+            click.echo(f"{PREFIX} down: {names.get(url, url)} ({url}): {reason}", err=True)
+    if report.servers and len(report.errors) == len(report.servers):
+        raise click.ClickException(f"no server answered /api/ps ({_plural(len(report.servers), 'server')} asked)")
+
+
+@cli.command()
+@click.argument("model", callback=_model_arg)
+@json_option
+@db_option
+def show(model: str, as_json: bool, db: str | None) -> None:
+    """Show what a server that has MODEL says about it (/api/show).
+
+    Asks the servers that list MODEL in routing order, going on to the next when one
+    fails. --json prints the whole reply.
+    """
+    with open_client(db) as client:
+        info = client.show(model)
+        names = _names(client)
+    if as_json:
+        _echo_json({**info, "server": info.server})
+        return
+    def field(key: str, kind: type) -> Any:
+        value = info.get(key)
+        return value if isinstance(value, kind) else kind()
+
+    details, model_info, capabilities = field("details", dict), field("model_info", dict), field("capabilities", list)
+    context = next((v for k, v in model_info.items() if str(k).endswith(".context_length")), None)
+    rows = [
+        ("server", f"{names.get(info.server, info.server)} ({info.server})"),
+        ("family", details.get("family", "")),
+        ("parameters", details.get("parameter_size", "")),
+        ("quantization", details.get("quantization_level", "")),
+        ("context length", context if context is not None else ""),
+        ("capabilities", ", ".join(str(c) for c in capabilities)),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':16} {value}")
+
+
+class _PullPrinter:
+    """One line on stderr per server and step: a new status, or 25 % more of a layer."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.last: dict[str, tuple[str, int]] = {}
+
+    def __call__(self, p: "PullProgress") -> None:
+        pct = -1
+        if p.total:
+            pct = min(100, (p.completed or 0) * 100 // p.total)
+        status, shown = self.last.get(p.server, ("", -1))
+        if status == p.status and (pct < 0 or pct < shown + 25) and pct != 100:
+            return
+        self.last[p.server] = (p.status, pct)
+        extra = f" {pct}% of {human_bytes(p.total)}" if pct >= 0 else ""
+        click.echo(f"{PREFIX} {self.names.get(p.server, p.server)}: {p.status}{extra}", err=True)
+
+
+@cli.command()
+@click.argument("model", callback=_model_arg)
+@server_option
+@json_option
+@db_option
+def pull(model: str, server_names: tuple[str, ...], as_json: bool, db: str | None) -> None:
+    """Pull MODEL on every enabled server (or each --server) at once.
+
+    Progress goes to stderr, a line per server and step; then a table of what each
+    server did. The servers that succeeded are refreshed. Exits 1 if one failed.
+    """
+    with open_client(db) as client:
+        names = _names(client)
+        results = client.pull(model, _targets(server_names), on_progress=None if as_json else _PullPrinter(names))
+    _echo_results(results, names, as_json, "pulled", "No server to pull on.")
+
+
+@cli.command()
+@click.argument("model", callback=_model_arg)
+@server_option
+@json_option
+@db_option
+def delete(model: str, server_names: tuple[str, ...], as_json: bool, db: str | None) -> None:
+    """Delete MODEL from every enabled server that lists it (or each --server).
+
+    Exits 1 if one failed.
+    """
+    with open_client(db) as client:
+        names = _names(client)
+        results = client.delete(model, _targets(server_names))
+    _echo_results(results, names, as_json, "deleted", "No server to delete on.")
+
+
+@cli.command()
+@click.argument("source", callback=_model_arg)
+@click.argument("destination", callback=_model_arg)
+@server_option
+@json_option
+@db_option
+def copy(source: str, destination: str, server_names: tuple[str, ...], as_json: bool, db: str | None) -> None:
+    """Copy SOURCE to DESTINATION on every enabled server that lists SOURCE (or each --server).
+
+    Exits 1 if one failed.
+    """
+    with open_client(db) as client:
+        names = _names(client)
+        results = client.copy(source, destination, _targets(server_names))
+    _echo_results(results, names, as_json, "copied", "No server to copy on.")
+
+
+@cli.command()
+@click.argument("model", callback=_model_arg)
+@server_option
+@click.option("--keep-alive", help="How long it stays loaded (Ollama keep_alive: 10m, 1h, -1 for ever; a number is seconds).")
+@json_option
+@db_option
+def warm(model: str, server_names: tuple[str, ...], keep_alive: str | None, as_json: bool, db: str | None) -> None:
+    """Load MODEL into memory on the first server chat would use (or on each --server).
+
+    When the first server fails the next is tried. Exits 1 if one failed.
+    """
+    ka: str | float | None = keep_alive
+    if keep_alive is not None:
+        try:
+            ka = float(keep_alive)
+        except ValueError:
+            ka = keep_alive
+    with open_client(db) as client:
+        names = _names(client)
+        results = client.warm(model, _targets(server_names), keep_alive=ka)
+    _echo_results(results, names, as_json, "loaded", "No server to load on.")
+
+
+@cli.command()
+@click.argument("model", callback=_model_arg)
+@server_option
+@json_option
+@db_option
+def unload(model: str, server_names: tuple[str, ...], as_json: bool, db: str | None) -> None:
+    """Unload MODEL from every server where it is loaded now (/api/ps), or from each --server.
+
+    Exits 1 if one failed.
+    """
+    with open_client(db) as client:
+        names = _names(client)
+        results = client.unload(model, _targets(server_names))
+    _echo_results(results, names, as_json, "unloaded", f"{model} is loaded nowhere.")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -123,6 +123,31 @@ class AsyncClientAdapter:
     def list_model_servers(self, model):
         return self.run(self.client.list_model_servers(model))
 
+    # fleet operations
+    def list(self):
+        return self.run(self.client.list())
+
+    def ps(self, *args, **kw):
+        return self.run(self.client.ps(*args, **kw))
+
+    def show(self, model):
+        return self.run(self.client.show(model))
+
+    def pull(self, *args, **kw):
+        return self.run(self.client.pull(*args, **kw))
+
+    def delete(self, *args, **kw):
+        return self.run(self.client.delete(*args, **kw))
+
+    def copy(self, *args, **kw):
+        return self.run(self.client.copy(*args, **kw))
+
+    def warm(self, *args, **kw):
+        return self.run(self.client.warm(*args, **kw))
+
+    def unload(self, *args, **kw):
+        return self.run(self.client.unload(*args, **kw))
+
     def chat(self, prompt, *, stream=False, **kw):
         if not stream:
             return self.run(self.client.chat(prompt, **kw))

@@ -78,6 +78,7 @@ def test_command_tree_is_what_we_mean():
     assert {" ".join(p) for p, _ in ALL_COMMANDS} == {
         "servers", "servers add", "servers list", "servers remove", "servers enable",
         "servers disable", "refresh", "models", "chat", "bench",
+        "ps", "show", "pull", "delete", "copy", "warm", "unload",
     }
 
 
@@ -228,6 +229,13 @@ READ_COMMANDS = [
     ("models", "llama3.2"),
     ("chat", "-m", "llama3.2", "hi"),
     ("bench", "-m", "llama3.2"),
+    ("ps",),
+    ("show", "llama3.2"),
+    ("pull", "llama3.2"),
+    ("delete", "llama3.2"),
+    ("copy", "llama3.2", "mine"),
+    ("warm", "llama3.2"),
+    ("unload", "llama3.2"),
 ]
 
 
@@ -678,3 +686,88 @@ def test_bench_measures_each_server_and_stores_the_figures(tmp_path):
             assert reg.health(a.url, "llama3.2").successes == 3
         as_json = CliRunner().invoke(cli, ["bench", "-m", "llama3.2", "--runs", "1", "--json", "--db", str(db)])
         assert as_json.exit_code == 0 and json.loads(as_json.stdout)[0]["server"] == a.url
+
+
+# -- fleet operations -------------------------------------------------------------------------
+def test_ps_table_json_and_a_down_server(two_fakes, db):
+    one, two = two_fakes
+    add(db, closed_port_url(), "dead")
+    two.loaded = []
+    result = run("ps", db=db)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["server", "model", "size", "vram", "context", "expires"]
+    assert [line.split()[:2] for line in lines[2:]] == [["one", "llama3.2:latest"], ["one", "qwen3:8b"]]
+    assert "4096" in lines[2] and "887.4 MB" in lines[2] and "in 4m" in lines[2]
+    assert "down: dead" in result.stderr and "refused" in result.stderr
+    data = json.loads(run("ps", "--json", "--server", "two", db=db).stdout)
+    assert data == {"models": [], "errors": {}}
+
+
+def test_ps_every_server_down_exits_1(db):
+    add(db, closed_port_url(), "dead")
+    result = run("ps", db=db)
+    assert result.exit_code == 1 and "no server answered" in result.stderr
+
+
+def test_show_summary_and_json(two_fakes, db):
+    one, _ = two_fakes
+    result = run("show", "llama3.2", db=db)
+    assert result.exit_code == 0, result.output
+    assert f"server:          one ({one.url})" in result.stdout
+    assert "family:          llama" in result.stdout and "context length:  131072" in result.stdout
+    data = json.loads(run("show", "llama3.2", "--json", db=db).stdout)
+    assert data["server"] == one.url and "template" in data
+    result = run("show", "nosuchmodel", db=db)
+    assert result.exit_code == 1 and "no registered server lists model 'nosuchmodel'" in result.stderr
+
+
+def test_pull_shows_progress_per_server_and_fails_for_one(two_fakes, db):
+    one, two = two_fakes
+    two.pull_errors = {"mistral": "pull model manifest: file does not exist"}
+    result = run("pull", "mistral", db=db)
+    assert result.exit_code == 1
+    assert "[aicortex] one: pulling manifest" in result.stderr and "[aicortex] one: success" in result.stderr
+    assert "% of " in result.stderr and "1 server of 2 failed" in result.stderr
+    rows = [line.split()[:3] for line in result.stdout.splitlines()[2:]]
+    assert rows == [["one", one.url, "pulled"], ["two", two.url, "failed"]]
+    assert "file does not exist" in result.stdout
+    assert "mistral:latest" in run("models", db=db).stdout.splitlines()
+
+
+def test_pull_on_named_servers_json(two_fakes, db):
+    one, two = two_fakes
+    result = run("pull", "mistral", "--server", "two", "--json", db=db)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"server": two.url, "ok": True, "error": None, "status": "success", "name": "two"}]
+    assert "mistral" in two.models and "mistral" not in one.models
+
+
+def test_delete_and_copy_change_models(two_fakes, db):
+    one, two = two_fakes
+    result = run("copy", "llama3.2", "mine", db=db)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[2] for line in result.stdout.splitlines()[2:]] == ["copied", "copied"]
+    assert "mine:latest" in run("models", db=db).stdout.splitlines()
+    result = run("delete", "mine", "--server", "one", db=db)
+    assert result.exit_code == 0, result.output
+    assert "mine" not in one.models and "mine" in two.models
+    result = run("delete", "qwen3:8b", "--server", "two", db=db)
+    assert result.exit_code == 1 and "not found" in result.stdout
+
+
+def test_warm_and_unload_change_what_is_loaded(two_fakes, db):
+    one, two = two_fakes
+    one.loaded, two.loaded = [], []
+    result = run("warm", "llama3.2", "--keep-alive", "600", db=db)
+    assert result.exit_code == 0, result.output
+    assert one.loaded == ["llama3.2"] and two.loaded == []
+    assert [r.body for r in one.requests if r.path == "/api/generate"][-1]["keep_alive"] == 600
+    result = run("warm", "llama3.2", "--server", "two", "--json", db=db)
+    assert json.loads(result.stdout)[0]["ok"] is True and two.loaded == ["llama3.2"]
+    result = run("unload", "llama3.2", db=db)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[2] for line in result.stdout.splitlines()[2:]] == ["unloaded", "unloaded"]
+    assert one.loaded == [] and two.loaded == []
+    result = run("unload", "llama3.2", db=db)
+    assert result.exit_code == 0 and "llama3.2 is loaded nowhere." in result.stdout

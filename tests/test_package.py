@@ -14,6 +14,7 @@ EXPECTED = {
     "__version__", "chat", "models", "list_model_servers", "refresh", "Client", "Registry", "Stream",
     "StreamEvent", "Reply", "Usage", "Attempt", "Server", "ModelEntry", "Timeouts",
     "AsyncClient", "AsyncStream", "ChatCall", "ModelList",
+    "FleetModel", "LoadedModel", "PsReport", "ShowResult", "PullProgress", "PullResult", "OpResult",
     "EmbedResult", "RefreshReport", "ProbeResult", "BenchResult", "Route", "Candidate", "Health", "Outcome", "FleetView", "Snapshot",
     "AICortexError", "ConfigError", "InvalidURL", "RegistryError", "ModelNotFound", "ServerError",
     "ConnectError", "TimeoutError", "ConnectTimeout", "PoolTimeout", "FirstTokenTimeout", "StallTimeout", "HTTPStatusError",
