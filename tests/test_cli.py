@@ -618,7 +618,7 @@ def test_chat_json_events(two_fakes, db):
     assert types[0] == "start" and types[-1] == "end"
     assert "error" in types and "meta" in types
     assert "".join(e["content"] for e in events if e["type"] == "token") == "The sky is blue."
-    assert set(events[0]) == {"type", "content", "index", "tool_name", "tool_args", "tool_result", "meta", "timestamp", "server", "attempt"}
+    assert set(events[0]) == {"type", "content", "index", "tool_name", "tool_args", "tool_result", "meta", "timestamp", "server", "attempt", "logprobs"}
     assert events[-1]["server"] == two.url
 
 
