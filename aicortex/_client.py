@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Literal, M
 from ._config import Timeouts, env_model
 from ._exceptions import AICortexError, AllServersFailed, ConfigError, ModelNotFound
 from ._failover import MIDSTREAM_POLICIES, MidstreamPolicy
-from ._models import Reply, Server
+from ._models import Reply, Server, event_filter
 from ._protocol import build_messages, encode_body
 from ._session import Candidate, ChatSession
 from ._stream import AsyncStream, Stream
@@ -200,11 +200,14 @@ class BaseClient:
         tools: Sequence[Mapping[str, Any]] | None,
         on_midstream: MidstreamPolicy | None,
         timeout: "Timeouts | float | dict[str, float | None] | None",
+        more: Mapping[str, Any] | None = None,
+        output_type: Any = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one chat (see :meth:`_prepare`)."""
         messages = build_messages(prompt, system)
-        request = {"options": options, "format": format, "think": think, "keep_alive": keep_alive, "tools": tools}
-        return self._prepare("chat", model, on_midstream, timeout, request, messages=messages)
+        request = {"options": options, "format": _format(format, output_type), "think": think, "keep_alive": keep_alive, "tools": tools}
+        request.update(more or {})
+        return self._prepare("chat", model, on_midstream, timeout, request, messages=messages, output_type=output_type)
 
     def _prepare(
         self,
@@ -216,6 +219,7 @@ class BaseClient:
         *,
         messages: list[dict[str, Any]] | None = None,
         prompt: str = "",
+        output_type: Any = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one request: validate everything the caller gave (``ConfigError``
         before any request, here and not after ``start``), then receive the route for the
@@ -226,7 +230,7 @@ class BaseClient:
         timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
         encode_body({"messages": messages, "prompt": prompt, **request})
         route = yield name
-        return ChatSession(
+        session = ChatSession(
             model=name,
             messages=messages or (),
             candidates=route.candidates,
@@ -238,6 +242,8 @@ class BaseClient:
             endpoint=endpoint,
             prompt=prompt,
         )
+        session.output_type = output_type
+        return session
 
     def _embed_plan(
         self,
@@ -286,6 +292,8 @@ class BaseClient:
         keep_alive: str | float | None,
         on_midstream: MidstreamPolicy | None,
         timeout: "Timeouts | float | dict[str, float | None] | None",
+        more: Mapping[str, Any] | None = None,
+        output_type: Any = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one /api/generate request (see :meth:`_prepare`)."""
         from ._protocol import build_generate_body
@@ -294,11 +302,11 @@ class BaseClient:
             raise ConfigError(f"prompt must be a str, got {type(prompt).__name__}")
         request: dict[str, Any] = {
             "suffix": suffix, "system": system, "template": template, "context": context, "raw": raw,
-            "images": encode_images(images), "format": format, "options": options, "think": think,
-            "keep_alive": keep_alive,
+            "images": encode_images(images), "format": _format(format, output_type), "options": options, "think": think,
+            "keep_alive": keep_alive, **(more or {}),
         }
         build_generate_body("m", prompt, **request)  # raw with template/system/context: ConfigError now
-        return self._prepare("generate", model, on_midstream, timeout, request, prompt=prompt)
+        return self._prepare("generate", model, on_midstream, timeout, request, prompt=prompt, output_type=output_type)
 
     def _close_registry(self) -> None:
         self._fleet.close()
@@ -327,10 +335,20 @@ _CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model
             servers: names or URLs to restrict this request to (e.g. to measure one
                 server); they are tried in routing order, circuit breakers ignored.
             keep_events: overrides the client's ``keep_events`` for this stream.
+            include: the event types a stream hands out (``"token"``, ``"tool_call"``...,
+                or the aliases ``"generating"``, ``"thinking"``, ``"tool_calling"``);
+                ``stream.events`` keeps every event all the same.
+            output_type: a pydantic model class: its JSON schema is sent as ``format``
+                and ``reply.output`` / ``stream.output`` is the reply validated as it
+                (``InvalidOutput`` when it does not validate).
+            logprobs, top_logprobs, truncate, shift: passed to Ollama as they are
+                (``docs/api.md``); logprobs ride on the token events and ``reply.logprobs``.
 
         Raises:
             ConfigError: no model, an empty prompt, a malformed message list, a value
-                that is not JSON (e.g. in ``options``), before any request.
+                that is not JSON (e.g. in ``options``), an unknown ``include`` name, before
+                any request.
+            InvalidOutput: with ``output_type``, a reply that does not validate.
             ModelNotFound: no enabled server lists the model.
             AllServersFailed: every candidate failed (``.attempts``), or every server was
                 down at the last refresh.
@@ -354,7 +372,8 @@ _GENERATE_DOC = """A completion from the fleet over Ollama /api/generate (``docs
                 passed to Ollama as they are (``raw`` cannot go with ``template``,
                 ``system`` or ``context``: a ``ConfigError``).
             images: file paths, raw ``bytes`` or base64 strings (sent as base64).
-            stream, model, on_midstream, timeout, servers, keep_events: as :meth:`chat`.
+            stream, model, on_midstream, timeout, servers, keep_events, include,
+                output_type, logprobs, top_logprobs, truncate, shift: as :meth:`chat`.
 
         Returns a :class:`Reply` (``reply.context`` holds Ollama's final ``context`` when
         not raw) or, with ``stream=True``, a stream. Raises as :meth:`chat`.
@@ -626,6 +645,8 @@ class Client(BaseClient):
         think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: Sequence[Mapping[str, Any]] | None = ...,
         on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+        include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
+        top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
     ) -> Reply: ...
     @overload
     def chat(
@@ -634,6 +655,8 @@ class Client(BaseClient):
         think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: Sequence[Mapping[str, Any]] | None = ...,
         on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+        include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
+        top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
     ) -> Stream: ...
 
     def chat(
@@ -652,12 +675,20 @@ class Client(BaseClient):
         timeout: "Timeouts | float | dict[str, float | None] | None" = None,
         servers: Sequence[str] | None = None,
         keep_events: bool | None = None,
+        include: "str | Sequence[str] | None" = None,
+        output_type: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        truncate: bool | None = None,
+        shift: bool | None = None,
     ) -> Reply | Stream:
         prep = self._session(
             prompt, model=model, system=system, options=options, format=format, think=think,
             keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
+            more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
+            output_type=output_type,
         )
-        return self._run(prep, stream, servers, keep_events)
+        return self._run(prep, stream, servers, keep_events, include)
 
     chat.__doc__ = _CHAT_DOC
 
@@ -669,6 +700,8 @@ class Client(BaseClient):
         options: Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
         on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+        include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
+        top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
     ) -> Reply: ...
     @overload
     def generate(
@@ -678,6 +711,8 @@ class Client(BaseClient):
         options: Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
         on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
+        include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
+        top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
     ) -> Stream: ...
 
     def generate(
@@ -700,13 +735,21 @@ class Client(BaseClient):
         timeout: "Timeouts | float | dict[str, float | None] | None" = None,
         servers: Sequence[str] | None = None,
         keep_events: bool | None = None,
+        include: "str | Sequence[str] | None" = None,
+        output_type: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        truncate: bool | None = None,
+        shift: bool | None = None,
     ) -> Reply | Stream:
         prep = self._generate_session(
             prompt, model=model, suffix=suffix, system=system, template=template, context=context, raw=raw,
             images=images, format=format, options=options, think=think, keep_alive=keep_alive,
             on_midstream=on_midstream, timeout=timeout,
+            more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
+            output_type=output_type,
         )
-        return self._run(prep, stream, servers, keep_events)
+        return self._run(prep, stream, servers, keep_events, include)
 
     generate.__doc__ = _GENERATE_DOC
 
@@ -757,15 +800,21 @@ class Client(BaseClient):
         return embed_sync(plan, self._transport, self._fleet, timeouts)
 
     def _run(
-        self, prep: Generator[str, "Route", ChatSession], stream: bool, servers: Sequence[str] | None, keep_events: bool | None
+        self,
+        prep: Generator[str, "Route", ChatSession],
+        stream: bool,
+        servers: Sequence[str] | None,
+        keep_events: bool | None,
+        include: "str | Sequence[str] | None",
     ) -> Reply | Stream:
+        wanted = event_filter(include)
         name = next(prep)
         route = self.route(name)
         if servers is not None:
             route = self._pinned(route, name, servers)
         session = _finish(prep, route)
         keep = self.keep_events if keep_events is None else keep_events
-        s = Stream(session, self._transport, self._fleet, keep_events=keep and stream)
+        s = Stream(session, self._transport, self._fleet, keep_events=keep and stream, include=wanted)
         if stream:
             return s
         with s:
@@ -946,13 +995,21 @@ class AsyncClient(BaseClient):
         timeout: "Timeouts | float | dict[str, float | None] | None" = None,
         servers: Sequence[str] | None = None,
         keep_events: bool | None = None,
+        include: "str | Sequence[str] | None" = None,
+        output_type: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        truncate: bool | None = None,
+        shift: bool | None = None,
     ) -> "ChatCall":
         prep = self._session(
             prompt, model=model, system=system, options=options, format=format, think=think,
             keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
+            more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
+            output_type=output_type,
         )
         keep = self.keep_events if keep_events is None else keep_events
-        return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream)
+        return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream, include=event_filter(include))
 
     chat.__doc__ = _CHAT_DOC + """
         Returns a :class:`ChatCall`: ``await`` it for the :class:`Reply` (or, with
@@ -1002,14 +1059,22 @@ class AsyncClient(BaseClient):
         timeout: "Timeouts | float | dict[str, float | None] | None" = None,
         servers: Sequence[str] | None = None,
         keep_events: bool | None = None,
+        include: "str | Sequence[str] | None" = None,
+        output_type: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        truncate: bool | None = None,
+        shift: bool | None = None,
     ) -> "ChatCall":
         prep = self._generate_session(
             prompt, model=model, suffix=suffix, system=system, template=template, context=context, raw=raw,
             images=images, format=format, options=options, think=think, keep_alive=keep_alive,
             on_midstream=on_midstream, timeout=timeout,
+            more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
+            output_type=output_type,
         )
         keep = self.keep_events if keep_events is None else keep_events
-        return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream)
+        return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream, include=event_filter(include))
 
     generate.__doc__ = _GENERATE_DOC + """
         Returns a :class:`ChatCall`, as :meth:`chat` does.
@@ -1020,8 +1085,12 @@ class ChatCall:
     """The pending result of :meth:`AsyncClient.chat`: awaitable, and with
     ``stream=True`` an async context manager that closes the stream on exit."""
 
-    def __init__(self, client: AsyncClient, prep: Generator[str, "Route", ChatSession], *, stream: bool, servers: Sequence[str] | None, keep_events: bool) -> None:
+    def __init__(
+        self, client: AsyncClient, prep: Generator[str, "Route", ChatSession], *, stream: bool,
+        servers: Sequence[str] | None, keep_events: bool, include: "frozenset[str] | None" = None,
+    ) -> None:
         self._client, self._prep, self._stream, self._servers, self._keep = client, prep, stream, servers, keep_events
+        self._include = include
         self._name = next(prep)  # validation errors are raised at the call, as in Client.chat
         self._open: AsyncStream | None = None
 
@@ -1032,7 +1101,9 @@ class ChatCall:
             import asyncio
 
             route = await asyncio.to_thread(client._pinned, route, self._name, self._servers)
-        return AsyncStream(_finish(self._prep, route), client._transport, client._fleet, keep_events=self._keep)
+        return AsyncStream(
+            _finish(self._prep, route), client._transport, client._fleet, keep_events=self._keep, include=self._include
+        )
 
     async def _result(self) -> "AsyncStream | Reply":
         s = await self._make()
@@ -1053,6 +1124,25 @@ class ChatCall:
     async def __aexit__(self, *exc: object) -> None:
         if self._open is not None:
             await self._open.aclose()
+
+
+def _format(format: "str | Mapping[str, Any] | None", output_type: Any) -> "str | Mapping[str, Any] | None":
+    """``format=``, or the JSON schema of ``output_type`` (a pydantic model class).
+
+    Raises:
+        ConfigError: ``output_type`` is not a pydantic model class (pydantic is an
+            optional dependency: ``pip install 'aicortex[structured]'``).
+    """
+    if output_type is None:
+        return format
+    schema = getattr(output_type, "model_json_schema", None)
+    if not callable(schema) or not hasattr(output_type, "model_validate_json"):
+        raise ConfigError(
+            f"output_type={output_type!r}: pass a pydantic model class (pip install 'aicortex[structured]')"
+        )
+    if format is not None:
+        raise ConfigError("pass format= or output_type=, not both (output_type sends its JSON schema as format)")
+    return dict(schema())
 
 
 def encode_images(images: "Sequence[str | bytes | os.PathLike[str]] | None") -> list[str] | None:
@@ -1178,7 +1268,9 @@ def chat(
     format: str | Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
     tools: Sequence[Mapping[str, Any]] | None = ..., on_midstream: MidstreamPolicy | None = ...,
     timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
-    keep_events: bool | None = ..., registry: "Registry | str | os.PathLike[str] | None" = ...,
+    keep_events: bool | None = ..., include: "str | Sequence[str] | None" = ..., output_type: Any = ...,
+    logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+    registry: "Registry | str | os.PathLike[str] | None" = ...,
 ) -> Reply: ...
 @overload
 def chat(
@@ -1186,7 +1278,9 @@ def chat(
     format: str | Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
     tools: Sequence[Mapping[str, Any]] | None = ..., on_midstream: MidstreamPolicy | None = ...,
     timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
-    keep_events: bool | None = ..., registry: "Registry | str | os.PathLike[str] | None" = ...,
+    keep_events: bool | None = ..., include: "str | Sequence[str] | None" = ..., output_type: Any = ...,
+    logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+    registry: "Registry | str | os.PathLike[str] | None" = ...,
 ) -> Stream: ...
 
 
