@@ -779,7 +779,7 @@ class Client(BaseClient):
             model, timeout, servers: as :meth:`chat` (the read timeout of a batch is
                 ``first_token_cold``; ``deadline`` bounds the whole call).
             truncate, dimensions, options, keep_alive: passed to Ollama as they are.
-            batch_size: inputs per request (default 64, fewer to give every server work).
+            batch_size: inputs per request (default: about 8 batches per server, of 16 to 256 inputs).
 
         Returns an :class:`~aicortex.EmbedResult` (``.embeddings``: one list of floats per
         input).

@@ -30,9 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["EmbedResult", "EmbedPlan", "DEFAULT_BATCH_SIZE", "MAX_EMBED_BYTES", "embed_sync", "embed_async", "parse_embed"]
 
-#: Inputs per request when ``batch_size`` is not given (and fewer when that spreads a
-#: short list over more servers).
-DEFAULT_BATCH_SIZE = 64
+#: Most inputs per request when ``batch_size`` is not given (a long list is cut into
+#: about 8 batches per server, of ``MIN_BATCH_SIZE`` to ``DEFAULT_BATCH_SIZE`` inputs).
+DEFAULT_BATCH_SIZE = 256
+MIN_BATCH_SIZE = 16
 #: Longest /api/embed reply read, bytes (a batch of 64 inputs of 4,096 dimensions is ~6 MB).
 MAX_EMBED_BYTES = 64 << 20
 
@@ -111,7 +112,10 @@ class EmbedPlan:
         self.inputs = list(inputs)
         self.candidates = list(candidates)
         n = len(self.inputs)
-        size = batch_size or max(1, min(DEFAULT_BATCH_SIZE, math.ceil(n / max(1, len(self.candidates)))))
+        # Default: about 8 batches per server (enough to balance servers of different
+        # speeds), each of 16 to 256 inputs (few requests, each cheap to resend).
+        per = math.ceil(n / (8 * max(1, len(self.candidates))))
+        size = batch_size or max(1, min(n, max(MIN_BATCH_SIZE, min(DEFAULT_BATCH_SIZE, per))))
         self.batches: list[tuple[int, int]] = [(i, min(n, i + size)) for i in range(0, n, size)]
         self.request = {k: v for k, v in (request or {}).items() if v is not None}
         self._queue = list(range(len(self.batches)))

@@ -480,8 +480,8 @@ class ChatSession:
             self._attempt_error = exc
             return []
         events = self._handle(chunks)
-        if self._decoder.failed and not self.attempt_done:  # a bad line after good ones
-            self._attempt_error = self._decoder.error
+        if self._decoder._error is not None and not self.attempt_done:  # a bad line after good ones
+            self._attempt_error = self._decoder._error
         if self._deadline_until is not None and not self.attempt_done and self._clock() >= self._deadline_until:
             server = self._plan.server if self._plan else ""
             self._attempt_error = self._deadline_error(what=f"while {server} was still sending the reply")

@@ -58,18 +58,20 @@ def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Generato
                 item = flow.send(send)
             except StopIteration:
                 return
-            send = None
             cls = item.__class__
+            if cls is Read:  # the hot path: a chunk's events, then the next read
+                events = item.events
+                if events:
+                    t0 = clock()
+                    yield from events
+                    s.consumer_s += clock() - t0
+                send = held.body.read(item.until)
+                continue
+            send = None
             if cls is list:
                 t0 = clock()
                 yield from item
                 s.consumer_s += clock() - t0
-            elif cls is Read:
-                if item.events:
-                    t0 = clock()
-                    yield from item.events
-                    s.consumer_s += clock() - t0
-                send = held.body.read(item.until)
             elif cls is Record:
                 fleet.record(item.outcome)
             elif cls is Open:
