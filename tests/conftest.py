@@ -223,3 +223,46 @@ def make_client(kind, registry, **kw):
 def client_kind(request):
     """Runs a test once with the sync ``Client`` and once with the ``AsyncClient``."""
     return request.param
+
+
+# -- a fleet in a fixed try order, with a client of either kind ------------------------------------
+FLEET_MODEL = "llama3.2"
+FLEET_TOKENS = ("The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering", ".")
+
+
+def _fast():
+    from aicortex import Timeouts
+
+    return Timeouts(connect=0.5, first_token=0.5, first_token_cold=0.5, stall=0.5)
+
+
+class OrderedFleet:
+    """N fake servers (in try order) in one registry, a client of the given kind, refreshed."""
+
+    def __init__(self, kind, n=2, *, scripts=None, fakes_kw=None, registry=None, refresh=True, **client_kw):
+        from aicortex import Registry
+        from aicortex.testing import FakeOllama, Script
+
+        scripts = scripts or [Script(tokens=FLEET_TOKENS)] * n
+        fakes_kw = fakes_kw or [{}] * n
+        self.fakes = [FakeOllama(models=[FLEET_MODEL], script=s, **kw).start() for s, kw in zip(scripts, fakes_kw)]
+        self.registry = registry if registry is not None else Registry.memory()
+        for i, f in enumerate(self.fakes):
+            self.registry.add(f.url, name=f"s{i}", priority=n - i)  # s0 first, always
+        client_kw.setdefault("timeout", _fast())
+        client_kw.setdefault("spread_load", False)
+        self.client = make_client(kind, self.registry, **client_kw)
+        if refresh:
+            self.client.refresh()
+
+    @property
+    def urls(self):
+        return [f.url for f in self.fakes]
+
+    def close(self):
+        self.client.close()
+        self.registry.close()
+        for f in self.fakes:
+            f.stop()
+
+

@@ -16,6 +16,7 @@ import pytest
 from aicortex import AICortexError, AsyncClient, Client, Registry, Timeouts
 from aicortex._health import Health
 from aicortex.testing import FakeOllama, Script
+from conftest import OrderedFleet as Fleet
 from conftest import make_client
 
 pytestmark = pytest.mark.timeout(30)
@@ -24,31 +25,6 @@ MODEL = "llama3.2"
 TOKENS = ("The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering", ".")
 FULL = "".join(TOKENS)
 FAST = Timeouts(connect=0.5, first_token=0.5, first_token_cold=0.5, stall=0.5)
-
-
-class Fleet:
-    """N fake servers (in try order) in one registry, a client of the given kind, refreshed."""
-
-    def __init__(self, kind, n=1, *, scripts=None, registry=None, **client_kw):
-        scripts = scripts or [Script(tokens=TOKENS)] * n
-        self.fakes = [FakeOllama(models=[MODEL], script=s).start() for s in scripts]
-        self.registry = registry if registry is not None else Registry.memory()
-        for i, f in enumerate(self.fakes):
-            self.registry.add(f.url, name=f"s{i}", priority=n - i)
-        client_kw.setdefault("timeout", FAST)
-        client_kw.setdefault("spread_load", False)
-        self.client = make_client(kind, self.registry, **client_kw)
-        self.client.refresh()
-
-    @property
-    def urls(self):
-        return [f.url for f in self.fakes]
-
-    def close(self):
-        self.client.close()
-        self.registry.close()
-        for f in self.fakes:
-            f.stop()
 
 
 @pytest.fixture

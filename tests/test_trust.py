@@ -35,6 +35,7 @@ from aicortex import (
 )
 from aicortex._health import Health
 from aicortex.testing import CHATML_TEMPLATE, FakeOllama, Script, closed_port_url
+from conftest import OrderedFleet as Fleet
 from conftest import make_client
 
 pytestmark = pytest.mark.timeout(30)
@@ -46,33 +47,6 @@ FAST = Timeouts(connect=0.5, first_token=0.5, first_token_cold=0.5, stall=0.5)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-class Fleet:
-    """N fake servers (in try order) in one registry, a client of the given kind, refreshed."""
-
-    def __init__(self, kind, n=2, *, scripts=None, fakes_kw=None, registry=None, refresh=True, **client_kw):
-        scripts = scripts or [Script(tokens=TOKENS)] * n
-        fakes_kw = fakes_kw or [{}] * n
-        self.fakes = [FakeOllama(models=[MODEL], script=s, **kw).start() for s, kw in zip(scripts, fakes_kw)]
-        self.registry = registry if registry is not None else Registry.memory()
-        for i, f in enumerate(self.fakes):
-            self.registry.add(f.url, name=f"s{i}", priority=n - i)  # s0 first, always
-        client_kw.setdefault("timeout", FAST)
-        client_kw.setdefault("spread_load", False)
-        self.client = make_client(kind, self.registry, **client_kw)
-        if refresh:
-            self.client.refresh()
-
-    @property
-    def urls(self):
-        return [f.url for f in self.fakes]
-
-    def close(self):
-        self.client.close()
-        self.registry.close()
-        for f in self.fakes:
-            f.stop()
-
-
 @pytest.fixture
 def fleet(client_kind):
     made = []
