@@ -16,7 +16,7 @@ loaded when the first :class:`Client` is built.
 
 from typing import TYPE_CHECKING
 
-from ._client import AsyncClient, ChatCall, Client, chat, list_model_servers, models, refresh
+from ._client import AsyncClient, ChatCall, Client, chat, embed, generate, list_model_servers, models, refresh
 from ._bench import BenchResult
 from ._config import Timeouts
 from ._discovery import ProbeResult, RefreshReport
@@ -61,6 +61,8 @@ __all__ = [
     "__version__",
     # functions
     "chat",
+    "generate",
+    "embed",
     "models",
     "list_model_servers",
     "refresh",

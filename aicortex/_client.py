@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._registry import Registry
     from ._routing import Route
 
-__all__ = ["BaseClient", "Client", "AsyncClient", "chat", "models", "list_model_servers", "refresh", "DEFAULT_REFRESH_TTL_S"]
+__all__ = ["BaseClient", "Client", "AsyncClient", "chat", "generate", "embed", "models", "list_model_servers", "refresh", "DEFAULT_REFRESH_TTL_S"]
 
 #: Registry data older than this (seconds) is refreshed before a chat. 10 minutes.
 DEFAULT_REFRESH_TTL_S = 600.0
@@ -1318,3 +1318,17 @@ def list_model_servers(model: str, *, registry: Any = None) -> list[Server]:
 def refresh(servers: Sequence[str] | None = None, *, registry: Any = None) -> "RefreshReport":
     """Probe servers and update the registry (see :meth:`Client.refresh`)."""
     return _client_for(registry).refresh(servers)
+
+
+def generate(
+    prompt: str, *, stream: bool = False, registry: "Registry | str | os.PathLike[str] | None" = None, **kw: Any
+) -> Reply | Stream:
+    """:meth:`Client.generate` on the default client (or the shared client of
+    ``registry``); every other keyword is :meth:`Client.generate`'s. Same returns and raises."""
+    return _client_for(registry).generate(prompt, stream=stream, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+def embed(input: "str | Sequence[str]", *, registry: "Registry | str | os.PathLike[str] | None" = None, **kw: Any) -> "EmbedResult":
+    """:meth:`Client.embed` on the default client (or the shared client of ``registry``);
+    every other keyword is :meth:`Client.embed`'s. Same returns and raises."""
+    return _client_for(registry).embed(input, **kw)

@@ -149,3 +149,15 @@ def test_embed_bad_input_is_a_config_error(fleet):
             client.embed(bad, model=E)
     with pytest.raises(ConfigError):
         client.embed(["a"], model=E, batch_size=0)
+
+
+def test_module_level_generate_and_embed_use_the_shared_client_of_a_registry():
+    import aicortex
+
+    with FakeOllama(models=[M, E], script=Script(tokens=TOKENS)) as fake:
+        reg = Registry.memory()
+        reg.add(fake.url)
+        assert aicortex.generate("Tell me", model=M, registry=reg).text == FULL
+        assert len(aicortex.embed(["a", "b"], model=E, registry=reg).embeddings) == 2
+        reg._aicortex_client.close()
+        reg.close()

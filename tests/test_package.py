@@ -11,7 +11,7 @@ import aicortex
 import aicortex.testing
 
 EXPECTED = {
-    "__version__", "chat", "models", "list_model_servers", "refresh", "Client", "Registry", "Stream",
+    "__version__", "chat", "generate", "embed", "models", "list_model_servers", "refresh", "Client", "Registry", "Stream",
     "StreamEvent", "Reply", "Usage", "Attempt", "Server", "ModelEntry", "Timeouts",
     "AsyncClient", "AsyncStream", "ChatCall", "ModelList",
     "FleetModel", "LoadedModel", "PsReport", "ShowResult", "PullProgress", "PullResult", "OpResult",
