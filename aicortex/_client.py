@@ -10,13 +10,14 @@ neither httpx, aiohttp nor sqlite-utils: they are imported when the first client
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import builtins
 import os
 import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Literal, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Iterable, Literal, Mapping, Sequence, overload
 
 from ._config import Timeouts, env_model
 from ._exceptions import AICortexError, AllServersFailed, ConfigError, ModelNotFound
@@ -24,6 +25,7 @@ from ._failover import MIDSTREAM_POLICIES, MidstreamPolicy
 from ._models import Reply, Server, event_filter
 from ._protocol import build_messages, encode_body
 from ._session import Candidate, ChatSession
+from ._tools import DEFAULT_TOOL_ROUNDS
 from ._stream import AsyncStream, Stream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -197,15 +199,18 @@ class BaseClient:
         format: str | Mapping[str, Any] | None,
         think: bool | str | None,
         keep_alive: str | float | None,
-        tools: Sequence[Mapping[str, Any]] | None,
+        tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None",
         on_midstream: MidstreamPolicy | None,
         timeout: "Timeouts | float | dict[str, float | None] | None",
         more: Mapping[str, Any] | None = None,
         output_type: Any = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one chat (see :meth:`_prepare`)."""
+        from ._tools import prepare_tools
+
         messages = build_messages(prompt, system)
-        request = {"options": options, "format": _format(format, output_type), "think": think, "keep_alive": keep_alive, "tools": tools}
+        schemas, _ = prepare_tools(tools)  # Python functions become Ollama tool schemas
+        request = {"options": options, "format": _format(format, output_type), "think": think, "keep_alive": keep_alive, "tools": schemas}
         request.update(more or {})
         return self._prepare("chat", model, on_midstream, timeout, request, messages=messages, output_type=output_type)
 
@@ -642,7 +647,7 @@ class Client(BaseClient):
     def chat(
         self, prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[False] = False, model: str | None = ...,
         system: str | None = ..., options: Mapping[str, Any] | None = ..., format: str | Mapping[str, Any] | None = ...,
-        think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: Sequence[Mapping[str, Any]] | None = ...,
+        think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = ..., run_tools: bool = ..., max_tool_rounds: int = ...,
         on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
         include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
@@ -652,7 +657,7 @@ class Client(BaseClient):
     def chat(
         self, prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[True], model: str | None = ...,
         system: str | None = ..., options: Mapping[str, Any] | None = ..., format: str | Mapping[str, Any] | None = ...,
-        think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: Sequence[Mapping[str, Any]] | None = ...,
+        think: bool | str | None = ..., keep_alive: str | float | None = ..., tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = ..., run_tools: bool = ..., max_tool_rounds: int = ...,
         on_midstream: MidstreamPolicy | None = ..., timeout: "Timeouts | float | dict[str, float | None] | None" = ...,
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
         include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
@@ -670,7 +675,9 @@ class Client(BaseClient):
         format: str | Mapping[str, Any] | None = None,
         think: bool | str | None = None,
         keep_alive: str | float | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = None,
+        run_tools: bool = False,
+        max_tool_rounds: int = DEFAULT_TOOL_ROUNDS,
         on_midstream: MidstreamPolicy | None = None,
         timeout: "Timeouts | float | dict[str, float | None] | None" = None,
         servers: Sequence[str] | None = None,
@@ -682,6 +689,14 @@ class Client(BaseClient):
         truncate: bool | None = None,
         shift: bool | None = None,
     ) -> Reply | Stream:
+        if run_tools:
+            return self._tool_loop(
+                prompt, stream, max_tool_rounds, dict(
+                    model=model, system=system, options=options, format=format, think=think, keep_alive=keep_alive,
+                    tools=tools, on_midstream=on_midstream, timeout=timeout, servers=servers, output_type=output_type,
+                    logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift,
+                ),
+            )
         prep = self._session(
             prompt, model=model, system=system, options=options, format=format, think=think,
             keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
@@ -798,6 +813,26 @@ class Client(BaseClient):
             keep_alive=keep_alive, batch_size=batch_size, timeout=timeout, servers=servers,
         )
         return embed_sync(plan, self._transport, self._fleet, timeouts)
+
+    def _tool_loop(self, prompt: Any, stream: bool, rounds: int, kw: dict[str, Any]) -> Reply:
+        """``run_tools=True``: ask, run the tool calls of the reply, send the results back,
+        ask again, until a reply has no tool call or ``rounds`` rounds were run."""
+        from ._tools import run_tool_calls
+
+        import inspect
+
+        messages, tools, functions = _tool_loop_start(prompt, stream, kw)
+        if any(inspect.iscoroutinefunction(f) for f in functions.values()):
+            raise ConfigError("a tool is an async function: run it with AsyncClient, or pass a plain function")
+        done: list[dict[str, Any]] = []
+        for round_ in range(rounds + 1):
+            reply = self.chat(messages, stream=False, tools=tools, **kw)
+            if not reply.tool_calls or round_ == rounds:
+                return dataclasses.replace(reply, tool_results=tuple(done))
+            ran = run_tool_calls(reply.tool_calls, functions)
+            messages = [*messages, dict(reply.message), *(m for m, _ in ran)]
+            done.extend(_tool_record(call, result) for call, (_, result) in zip(reply.tool_calls, ran))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _run(
         self,
@@ -990,7 +1025,9 @@ class AsyncClient(BaseClient):
         format: str | Mapping[str, Any] | None = None,
         think: bool | str | None = None,
         keep_alive: str | float | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = None,
+        run_tools: bool = False,
+        max_tool_rounds: int = DEFAULT_TOOL_ROUNDS,
         on_midstream: MidstreamPolicy | None = None,
         timeout: "Timeouts | float | dict[str, float | None] | None" = None,
         servers: Sequence[str] | None = None,
@@ -1001,7 +1038,15 @@ class AsyncClient(BaseClient):
         top_logprobs: int | None = None,
         truncate: bool | None = None,
         shift: bool | None = None,
-    ) -> "ChatCall":
+    ) -> "ChatCall | Awaitable[Reply]":
+        if run_tools:
+            return self._tool_loop(
+                prompt, stream, max_tool_rounds, dict(
+                    model=model, system=system, options=options, format=format, think=think, keep_alive=keep_alive,
+                    tools=tools, on_midstream=on_midstream, timeout=timeout, servers=servers, output_type=output_type,
+                    logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift,
+                ),
+            )
         prep = self._session(
             prompt, model=model, system=system, options=options, format=format, think=think,
             keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
@@ -1015,6 +1060,31 @@ class AsyncClient(BaseClient):
         Returns a :class:`ChatCall`: ``await`` it for the :class:`Reply` (or, with
         ``stream=True``, the :class:`AsyncStream`), or use it as ``async with`` (streams).
         """
+
+    async def _tool_loop(self, prompt: Any, stream: bool, rounds: int, kw: dict[str, Any]) -> Reply:
+        """As :meth:`Client._tool_loop`; a tool that is a coroutine function is awaited."""
+        import inspect
+
+        from ._tools import run_tool_calls, tool_content
+
+        messages, tools, functions = _tool_loop_start(prompt, stream, kw)
+        done: list[dict[str, Any]] = []
+        for round_ in range(rounds + 1):
+            reply = await self.chat(messages, stream=False, tools=tools, **kw)
+            assert isinstance(reply, Reply)
+            if not reply.tool_calls or round_ == rounds:
+                return dataclasses.replace(reply, tool_results=tuple(done))
+            ran = run_tool_calls(reply.tool_calls, functions)
+            for i, (message, result) in enumerate(ran):
+                if inspect.isawaitable(result):
+                    try:
+                        result = await result
+                    except Exception as exc:  # the user's coroutine failed: the model is told why
+                        result = f"error: {type(exc).__name__}: {exc}"
+                    ran[i] = ({**message, "content": tool_content(result)}, result)
+            messages = [*messages, dict(reply.message), *(m for m, _ in ran)]
+            done.extend(_tool_record(call, result) for call, (_, result) in zip(reply.tool_calls, ran))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def embed(
         self,
@@ -1079,6 +1149,27 @@ class AsyncClient(BaseClient):
     generate.__doc__ = _GENERATE_DOC + """
         Returns a :class:`ChatCall`, as :meth:`chat` does.
         """
+
+
+def _tool_loop_start(prompt: Any, stream: bool, kw: dict[str, Any]) -> tuple[list[dict[str, Any]], Any, dict[str, Any]]:
+    """The messages, tool schemas and functions of a ``run_tools=True`` call (shared by
+    both clients)."""
+    from ._tools import prepare_tools
+
+    if stream:
+        raise ConfigError("run_tools=True returns the final Reply: pass stream=False (the rounds run in between)")
+    if kw.get("servers") is None:
+        kw.pop("servers", None)
+    tools, functions = prepare_tools(kw.pop("tools"))
+    if not functions:
+        raise ConfigError("run_tools=True needs tools given as Python functions (tools=[get_weather, ...])")
+    messages = build_messages(prompt, kw.pop("system"))
+    return messages, tools, functions
+
+
+def _tool_record(call: Mapping[str, Any], result: Any) -> dict[str, Any]:
+    fn = call.get("function") or {}
+    return {"name": fn.get("name"), "arguments": fn.get("arguments"), "id": call.get("id"), "result": result}
 
 
 class ChatCall:
@@ -1266,7 +1357,7 @@ def _close_all() -> None:
 def chat(
     prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[False] = False, model: str | None = ..., system: str | None = ..., options: Mapping[str, Any] | None = ...,
     format: str | Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
-    tools: Sequence[Mapping[str, Any]] | None = ..., on_midstream: MidstreamPolicy | None = ...,
+    tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = ..., run_tools: bool = ..., max_tool_rounds: int = ..., on_midstream: MidstreamPolicy | None = ...,
     timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
     keep_events: bool | None = ..., include: "str | Sequence[str] | None" = ..., output_type: Any = ...,
     logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
@@ -1276,7 +1367,7 @@ def chat(
 def chat(
     prompt: "str | Sequence[Mapping[str, Any]]", *, stream: Literal[True], model: str | None = ..., system: str | None = ..., options: Mapping[str, Any] | None = ...,
     format: str | Mapping[str, Any] | None = ..., think: bool | str | None = ..., keep_alive: str | float | None = ...,
-    tools: Sequence[Mapping[str, Any]] | None = ..., on_midstream: MidstreamPolicy | None = ...,
+    tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = ..., run_tools: bool = ..., max_tool_rounds: int = ..., on_midstream: MidstreamPolicy | None = ...,
     timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
     keep_events: bool | None = ..., include: "str | Sequence[str] | None" = ..., output_type: Any = ...,
     logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,

@@ -201,6 +201,8 @@ class Reply:
         logprobs: with ``logprobs=True``, every token's entry in reply order.
         output: with ``output_type=SomeModel``, the reply validated as that pydantic
             model, else ``None``.
+        tool_results: with ``run_tools=True``, every tool call that was run, in order:
+            ``{"name", "arguments", "id", "result"}``.
 
     ``str(reply)`` is ``reply.text``.
     """
@@ -216,6 +218,7 @@ class Reply:
     context: tuple[int, ...] | None = None
     logprobs: tuple[Mapping[str, Any], ...] = ()
     output: Any = None
+    tool_results: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def thinking(self) -> str:

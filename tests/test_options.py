@@ -108,3 +108,73 @@ def test_tool_calls_keep_their_id_and_index_and_tool_messages_go_as_they_are(one
     ]
     client.chat(history, model=M)
     assert fake.chat_requests[-1].body["messages"][2] == history[2]
+
+
+def get_weather(city: str, unit: str = "C") -> dict:
+    """The current weather of a city.
+
+    Args:
+        city: the city's name, e.g. Paris.
+        unit: C or F.
+    """
+    return {"city": city, "temp": 18, "unit": unit}
+
+
+def test_python_functions_are_sent_as_tool_schemas(one):
+    client, fake = one
+    client.chat("weather in Paris?", model=M, tools=[get_weather])
+    (tool,) = fake.chat_requests[-1].body["tools"]
+    fn = tool["function"]
+    assert fn["name"] == "get_weather" and fn["description"] == "The current weather of a city."
+    assert fn["parameters"]["required"] == ["city"]
+    assert fn["parameters"]["properties"]["city"] == {"type": "string", "description": "the city's name, e.g. Paris."}
+
+
+def test_run_tools_runs_the_calls_and_returns_the_final_answer(one):
+    client, fake = one
+    call = {"id": "call_7", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    fake.push(Script(tool_calls=(call,)))
+    fake.push(Script(tokens=("It is", " 18 C", " in Paris.")))
+    reply = client.chat("weather in Paris?", model=M, tools=[get_weather], run_tools=True)
+    assert reply.text == "It is 18 C in Paris."
+    assert reply.tool_results == ({"name": "get_weather", "arguments": {"city": "Paris"}, "id": "call_7",
+                                   "result": {"city": "Paris", "temp": 18, "unit": "C"}},)
+    sent = fake.chat_requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[2] == {"role": "tool", "tool_name": "get_weather", "tool_call_id": "call_7",
+                       "content": json.dumps({"city": "Paris", "temp": 18, "unit": "C"})}
+
+
+def test_run_tools_tells_the_model_about_a_failing_or_unknown_tool_and_stops_after_max_rounds(one):
+    client, fake = one
+
+    def broken(x: int) -> int:
+        """Fails."""
+        raise ValueError("no")
+
+    calls = ({"function": {"name": "broken", "arguments": {"x": 1}}}, {"function": {"name": "nope", "arguments": {}}})
+    for _ in range(3):
+        fake.push(Script(tool_calls=calls))
+    reply = client.chat("go", model=M, tools=[broken], run_tools=True, max_tool_rounds=2)
+    assert reply.tool_calls  # still asking for tools after 2 rounds: returned as it is
+    assert [r["result"] for r in reply.tool_results] == ["error: ValueError: no", "error: no tool named 'nope'"] * 2
+    with pytest.raises(ConfigError):
+        client.chat("go", model=M, tools=[broken], run_tools=True, stream=True)
+
+
+def test_async_client_awaits_coroutine_tools(one, client_kind):
+    client, fake = one
+
+    async def lookup(city: str) -> str:
+        """Look a city up."""
+        return f"{city}: 18 C"
+
+    call = {"function": {"name": "lookup", "arguments": {"city": "Oslo"}}}
+    fake.push(Script(tool_calls=(call,)))
+    if client_kind == "sync":
+        with pytest.raises(ConfigError, match="AsyncClient"):
+            client.chat("weather?", model=M, tools=[lookup], run_tools=True)
+        return
+    reply = client.chat("weather?", model=M, tools=[lookup], run_tools=True)
+    assert reply.tool_results[0]["result"] == "Oslo: 18 C"
+    assert fake.chat_requests[-1].body["messages"][-1]["content"] == "Oslo: 18 C"
