@@ -170,24 +170,17 @@ class EmbedPlan:
         """A batch failed on ``server``: it goes back for another server (the failover
         table decides the breaker; HTTP 400 ends the call, it is the caller's request).
         Returns the health outcome to record."""
-        from ._failover import RULES, failure_kind
-        from ._session import _short
+        from ._session import failure_outcome
 
         self.in_flight -= 1
         self.attempts.append(Attempt(server=server, number=len(self.attempts) + 1, error=error, started_at=started, elapsed_s=elapsed))
-        kind = failure_kind(error)
         if isinstance(error, BadRequest):
             self.fatal = error
         else:
             self._dead.add(server)
             self._failed.setdefault(batch, set()).add(server)
             self._queue.insert(0, batch)
-        scope = RULES.get(kind, RULES["server_error"]).scope
-        outcome_kind = {"server": "failure", "model": "failure", "backoff": "backoff"}.get(scope, "none")
-        return Outcome(
-            server=server, model=model_key(self.model), kind=outcome_kind, scope=scope, at=started + elapsed,
-            started_at=started, error=_short(error_reason(error)),
-        )
+        return failure_outcome(server, model_key(self.model), error, started_at=started, at=started + elapsed)
 
     def abort(self, error: BaseException) -> None:
         """A worker stopped on something that is no server's failure: the call ends."""

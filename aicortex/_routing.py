@@ -73,7 +73,8 @@ def order_candidates(
     """Order ``(server, model entry)`` pairs into a :class:`Route`.
 
     Args:
-        entries: from :meth:`Registry.model_entries` (priority, then registration order).
+        entries: ``(server, entry)`` pairs of one model, from the fleet view's snapshot
+            (:attr:`Snapshot.entries <aicortex.Snapshot>`; priority, then registration order).
         health: ``{url: (server health, model health)}`` (``None`` = no record); servers
             missing from it have no record at all.
         now: Unix seconds, to tell open breakers from expired cooldowns.

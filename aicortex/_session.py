@@ -769,18 +769,8 @@ def format_allows_continue(fmt: Any) -> bool:
     return fmt is None or fmt == ""
 
 
-#: Longest error text kept in health records and the registry (a server may echo a lot).
-MAX_ERROR_CHARS = 300
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "\u2026"
-
-
 def _outcome(model: str, attempt: Attempt, plan: AttemptPlan, usage: Usage | None, *, consumer_bound: bool) -> Outcome:
     """What a finished attempt means for health, per the failover table's breaker scope."""
-    from ._failover import RULES, failure_kind
-
     at = attempt.started_at + attempt.elapsed_s
     error = attempt.error
     if error is None:
@@ -795,15 +785,22 @@ def _outcome(model: str, attempt: Attempt, plan: AttemptPlan, usage: Usage | Non
             server_tps=usage.tokens_per_second if usage else None,
             trial=plan.trial,
         )
+    return failure_outcome(attempt.server, model, error, started_at=attempt.started_at, at=at, trial=plan.trial)
+
+
+def failure_outcome(
+    server: str, model: str, error: AICortexError, *, started_at: float, at: float, trial: bool = False
+) -> Outcome:
+    """What a failed request to ``server`` means for health: the failover table's breaker
+    scope for the error (``failure`` of the server or of (server, model), a 503/429
+    ``backoff``, or ``none``), with the error's text shortened (``short_error``).
+    Shared by chat/generate attempts and embed batches."""
+    from ._config import short_error
+    from ._failover import RULES, failure_kind
+
     scope = RULES.get(failure_kind(error), RULES["server_error"]).scope
     kind = {"server": "failure", "model": "failure", "backoff": "backoff"}.get(scope, "none")
     return Outcome(
-        server=attempt.server,
-        model=model,
-        kind=kind,
-        scope=scope,
-        at=at,
-        started_at=attempt.started_at,
-        error=_short(error_reason(error)),
-        trial=plan.trial,
+        server=server, model=model, kind=kind, scope=scope, at=at, started_at=started_at,
+        error=short_error(error_reason(error)), trial=trial,
     )
