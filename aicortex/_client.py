@@ -225,6 +225,7 @@ class BaseClient:
         messages: list[dict[str, Any]] | None = None,
         prompt: str = "",
         output_type: Any = None,
+        body: Mapping[str, Any] | None = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one request: validate everything the caller gave (``ConfigError``
         before any request, here and not after ``start``), then receive the route for the
@@ -246,9 +247,51 @@ class BaseClient:
             headers=_server_headers(c.server for c in route.candidates + route.skipped),
             endpoint=endpoint,
             prompt=prompt,
+            body=body,
         )
         session.output_type = output_type
         return session
+
+    def _forward_session(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+    ) -> Generator[str, "Route", ChatSession]:
+        """Prepare a request whose whole Ollama body the caller built (the drop-in
+        :mod:`aicortex.ollama`, a gateway): ``body`` is sent as it is, with its own
+        ``stream`` value; a mid-stream continuation replaces only ``messages`` (chat) or
+        ``prompt`` (generate, ``raw`` only). See :meth:`_prepare`.
+
+        Raises:
+            ConfigError: ``body`` is not a JSON object with a ``model``, its ``messages``
+                is not a list of objects (chat) or its ``prompt`` not a string (generate).
+        """
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"the request body must be a JSON object, got {type(body).__name__}")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigError("the request body has no model: add \"model\": \"NAME\"")
+        request = {"format": body.get("format"), "raw": body.get("raw")}
+        if endpoint == "generate":
+            prompt = body.get("prompt") or ""
+            if not isinstance(prompt, str):
+                raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
+            return self._prepare(endpoint, model, on_midstream, timeout, request, prompt=prompt, body=body)
+        messages = body.get("messages") or []
+        if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
+            raise ConfigError("messages must be a list of message objects ({\"role\": ..., \"content\": ...})")
+        return self._prepare(endpoint, model, on_midstream, timeout, request, messages=list(messages), body=body)
+
+    def _direct_route(self) -> "Route":
+        """Every enabled server as a candidate, in registry order, with no discovery
+        and no breaker (a one-host drop-in client sends where it was told to)."""
+        from ._routing import Route
+
+        servers = [s for s in self._fleet.snapshot.servers if s.enabled]
+        return Route(candidates=[Candidate(server=s, warm=True) for s in servers])
 
     def _embed_plan(
         self,
@@ -834,6 +877,23 @@ class Client(BaseClient):
             done.extend(_tool_record(call, result) for call, (_, result) in zip(reply.tool_calls, ran))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _forward(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        stream: bool,
+        direct: bool = False,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        keep_events: bool | None = None,
+    ) -> Reply | Stream:
+        """Send a caller-built Ollama body (``/api/chat`` or ``/api/generate``) with
+        failover; ``direct=True`` skips discovery and routing (every enabled server in
+        registry order). Returns a :class:`Stream` (``stream=True``) or a :class:`Reply`."""
+        prep = self._forward_session(endpoint, body, on_midstream=on_midstream, timeout=timeout)
+        return self._run(prep, stream, None, keep_events, None, direct=direct)
+
     def _run(
         self,
         prep: Generator[str, "Route", ChatSession],
@@ -841,10 +901,11 @@ class Client(BaseClient):
         servers: Sequence[str] | None,
         keep_events: bool | None,
         include: "str | Sequence[str] | None",
+        direct: bool = False,
     ) -> Reply | Stream:
         wanted = event_filter(include)
         name = next(prep)
-        route = self.route(name)
+        route = self._direct_route() if direct else self.route(name)
         if servers is not None:
             route = self._pinned(route, name, servers)
         session = _finish(prep, route)
@@ -1061,6 +1122,22 @@ class AsyncClient(BaseClient):
         ``stream=True``, the :class:`AsyncStream`), or use it as ``async with`` (streams).
         """
 
+    def _forward(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        stream: bool,
+        direct: bool = False,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        keep_events: bool | None = None,
+    ) -> "ChatCall":
+        """As :meth:`Client._forward`, awaited (or ``async with`` for a stream)."""
+        prep = self._forward_session(endpoint, body, on_midstream=on_midstream, timeout=timeout)
+        keep = self.keep_events if keep_events is None else keep_events
+        return ChatCall(self, prep, stream=stream, servers=None, keep_events=keep and stream, direct=direct)
+
     async def _tool_loop(self, prompt: Any, stream: bool, rounds: int, kw: dict[str, Any]) -> Reply:
         """As :meth:`Client._tool_loop`; a tool that is a coroutine function is awaited."""
         import inspect
@@ -1179,15 +1256,16 @@ class ChatCall:
     def __init__(
         self, client: AsyncClient, prep: Generator[str, "Route", ChatSession], *, stream: bool,
         servers: Sequence[str] | None, keep_events: bool, include: "frozenset[str] | None" = None,
+        direct: bool = False,
     ) -> None:
         self._client, self._prep, self._stream, self._servers, self._keep = client, prep, stream, servers, keep_events
-        self._include = include
+        self._include, self._direct = include, direct
         self._name = next(prep)  # validation errors are raised at the call, as in Client.chat
         self._open: AsyncStream | None = None
 
     async def _make(self) -> AsyncStream:
         client = self._client
-        route = await client.route(self._name)
+        route = client._direct_route() if self._direct else await client.route(self._name)
         if self._servers is not None:
             import asyncio
 
