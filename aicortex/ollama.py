@@ -104,6 +104,7 @@ __all__ = [
     "chat",
     "copy",
     "create",
+    "create_blob",
     "delete",
     "embed",
     "embeddings",
@@ -113,6 +114,9 @@ __all__ = [
     "pull",
     "push",
     "show",
+    "systemone",
+    "web_fetch",
+    "web_search",
 ]
 
 T = TypeVar("T")
@@ -361,6 +365,27 @@ class _Base:
 
     def __repr__(self) -> str:
         return f"<aicortex.ollama.{type(self).__name__} host={self._target!r}>"
+
+    # The official client's calls that are not about a fleet of Ollama servers: named,
+    # so that code reaching for them gets a clear error rather than an AttributeError.
+    def _not_carried(self, name: str, why: str) -> Any:
+        raise RequestError(f"{name}() is not carried over by aicortex.ollama ({why}): call it on the official ollama.Client")
+
+    def create_blob(self, path: Any) -> Any:
+        """Not carried over (an upload of a file to one server): raises ``RequestError``."""
+        return self._not_carried("create_blob", "an upload to one server")
+
+    def web_search(self, query: str, max_results: int = 3) -> Any:
+        """Not carried over (Ollama's cloud API, not a server of yours): raises ``RequestError``."""
+        return self._not_carried("web_search", "Ollama's cloud API, not a server of your fleet")
+
+    def web_fetch(self, url: str) -> Any:
+        """Not carried over (Ollama's cloud API, not a server of yours): raises ``RequestError``."""
+        return self._not_carried("web_fetch", "Ollama's cloud API, not a server of your fleet")
+
+    def systemone(self, *args: Any, **kwargs: Any) -> Any:
+        """Not carried over (``/v1/systemone``, not an inference endpoint aicortex fails over): raises ``RequestError``."""
+        return self._not_carried("systemone", "not an endpoint aicortex routes")
 
 
 class _Chunks:
@@ -982,3 +1007,11 @@ list = _default.list
 copy = _default.copy
 show = _default.show
 ps = _default.ps
+create_blob = _default.create_blob
+web_search = _default.web_search
+web_fetch = _default.web_fetch
+systemone = _default.systemone
+
+# The official public types this module does not extend (WebSearchResponse, the
+# SystemOne* types...), re-exported unchanged.
+globals().update({name: getattr(_official, name) for name in _official.__all__ if name not in globals() and name[0].isupper()})

@@ -331,3 +331,12 @@ def test_import_of_the_drop_in_does_no_io(tmp_path):
     env = {"T": str(tmp_path), "PATH": "", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
     assert out == ["False"]
+
+
+def test_every_public_name_of_the_official_client_exists():
+    missing = [name for name in official.__all__ if not hasattr(ao, name)]
+    missing += [name for name in ("chat", "generate", "embed", "embeddings", "pull", "push", "create", "delete", "list",
+                                  "copy", "show", "ps", "web_search", "web_fetch", "create_blob") if not hasattr(ao, name)]
+    assert missing == []
+    with pytest.raises(ao.RequestError, match="cloud API"):
+        ao.Client("http://127.0.0.1:1").web_search("x")
