@@ -24,6 +24,7 @@ from ._embed import EmbedResult
 from ._fleet import FleetView
 from ._fleetops import OpResult, PsReport, PullProgress, PullResult, ShowResult
 from ._health import Health, Outcome
+from ._hedge import HedgePolicy
 from ._exceptions import (
     AICortexError,
     AllServersFailed,
@@ -81,6 +82,7 @@ __all__ = [
     "ModelEntry",
     "ModelList",
     "Timeouts",
+    "HedgePolicy",
     "FleetModel",
     "LoadedModel",
     "PsReport",

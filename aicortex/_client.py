@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Iterable,
 from ._config import Timeouts, env_model
 from ._exceptions import AICortexError, AllServersFailed, ConfigError, ModelNotFound
 from ._failover import MIDSTREAM_POLICIES, MidstreamPolicy
+from ._hedge import HedgePolicy, resolve_hedge
 from ._models import Reply, Server, event_filter
 from ._protocol import build_messages, encode_body
 from ._session import Candidate, ChatSession
@@ -78,6 +79,10 @@ class BaseClient:
             servers together); a full pool is a ``PoolTimeout``, not the server's fault.
         keep_events: streams keep every event in ``stream.events`` (default); ``False``
             keeps none, so a long reply holds no more memory than its text.
+        hedge: delayed hedged requests for every chat/generate: ``True`` (a
+            :class:`~aicortex.HedgePolicy` with the defaults), a ``HedgePolicy``, or
+            ``False`` (default). A request's own ``hedge=`` overrides it. See README,
+            "Hedged requests".
 
     Raises:
         ConfigError: an unknown ``on_midstream``, a bad timeout, an unreadable CA bundle.
@@ -98,6 +103,7 @@ class BaseClient:
         spread_load: bool = True,
         max_connections: int = 100,
         keep_events: bool = True,
+        hedge: "bool | HedgePolicy" = False,
     ) -> None:
         from ._fleet import FleetView
         from ._registry import Registry
@@ -109,6 +115,9 @@ class BaseClient:
         self.refresh_ttl_s = refresh_ttl_s
         self.probe_timeout_s = probe_timeout_s
         self.keep_events = keep_events
+        #: The client's :class:`~aicortex.HedgePolicy` (``hedge=True`` makes one, with its
+        #: own budget), or ``None``: requests are not hedged unless they ask.
+        self.hedge: HedgePolicy | None = HedgePolicy() if hedge is True else resolve_hedge(hedge or None, None)
         self._rng = random.Random() if spread_load else None
         self._transport = self._make_transport(headers=headers, verify=verify, max_connections=max_connections)
         if isinstance(registry, Registry):
@@ -204,6 +213,7 @@ class BaseClient:
         timeout: "Timeouts | float | dict[str, float | None] | None",
         more: Mapping[str, Any] | None = None,
         output_type: Any = None,
+        hedge: "bool | HedgePolicy | None" = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one chat (see :meth:`_prepare`)."""
         from ._tools import prepare_tools
@@ -212,7 +222,7 @@ class BaseClient:
         schemas, _ = prepare_tools(tools)  # Python functions become Ollama tool schemas
         request = {"options": options, "format": _format(format, output_type), "think": think, "keep_alive": keep_alive, "tools": schemas}
         request.update(more or {})
-        return self._prepare("chat", model, on_midstream, timeout, request, messages=messages, output_type=output_type)
+        return self._prepare("chat", model, on_midstream, timeout, request, messages=messages, output_type=output_type, hedge=hedge)
 
     def _prepare(
         self,
@@ -226,6 +236,7 @@ class BaseClient:
         prompt: str = "",
         output_type: Any = None,
         body: Mapping[str, Any] | None = None,
+        hedge: "bool | HedgePolicy | None" = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one request: validate everything the caller gave (``ConfigError``
         before any request, here and not after ``start``), then receive the route for the
@@ -233,6 +244,7 @@ class BaseClient:
         name = _require_model(model or self.model or env_model())
         policy = on_midstream or self.on_midstream
         _check_policy(policy)
+        hedging = resolve_hedge(hedge, self.hedge)
         timeouts = self.timeouts if timeout is None else Timeouts.of(timeout, base=self.timeouts)
         encode_body({"messages": messages, "prompt": prompt, **request})
         route = yield name
@@ -248,6 +260,7 @@ class BaseClient:
             endpoint=endpoint,
             prompt=prompt,
             body=body,
+            hedge=hedging,
         )
         session.output_type = output_type
         return session
@@ -342,6 +355,7 @@ class BaseClient:
         timeout: "Timeouts | float | dict[str, float | None] | None",
         more: Mapping[str, Any] | None = None,
         output_type: Any = None,
+        hedge: "bool | HedgePolicy | None" = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one /api/generate request (see :meth:`_prepare`)."""
         from ._protocol import build_generate_body
@@ -354,7 +368,7 @@ class BaseClient:
             "keep_alive": keep_alive, **(more or {}),
         }
         build_generate_body("m", prompt, **request)  # raw with template/system/context: ConfigError now
-        return self._prepare("generate", model, on_midstream, timeout, request, prompt=prompt, output_type=output_type)
+        return self._prepare("generate", model, on_midstream, timeout, request, prompt=prompt, output_type=output_type, hedge=hedge)
 
     def _close_registry(self) -> None:
         self._fleet.close()
@@ -391,6 +405,12 @@ _CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model
                 (``InvalidOutput`` when it does not validate).
             logprobs, top_logprobs, truncate, shift: passed to Ollama as they are
                 (``docs/api.md``); logprobs ride on the token events and ``reply.logprobs``.
+            hedge: this request's hedging: ``True``, ``False``, a
+                :class:`~aicortex.HedgePolicy`, or ``None`` (the client's). When the first
+                attempt has no first token after its server's recent p95 TTFT, a second
+                attempt goes to the next warm server; the first to produce output wins
+                and the other is closed (``meta`` events ``{"hedge": ...}``; both are in
+                ``attempts``). Never with ``on_midstream="raise"``.
 
         Raises:
             ConfigError: no model, an empty prompt, a malformed message list, a value
@@ -421,7 +441,7 @@ _GENERATE_DOC = """A completion from the fleet over Ollama /api/generate (``docs
                 ``system`` or ``context``: a ``ConfigError``).
             images: file paths, raw ``bytes`` or base64 strings (sent as base64).
             stream, model, on_midstream, timeout, servers, keep_events, include,
-                output_type, logprobs, top_logprobs, truncate, shift: as :meth:`chat`.
+                output_type, logprobs, top_logprobs, truncate, shift, hedge: as :meth:`chat`.
 
         Returns a :class:`Reply` (``reply.context`` holds Ollama's final ``context`` when
         not raw) or, with ``stream=True``, a stream. Raises as :meth:`chat`.
@@ -695,6 +715,7 @@ class Client(BaseClient):
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
         include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
         top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+        hedge: "bool | HedgePolicy | None" = ...,
     ) -> Reply: ...
     @overload
     def chat(
@@ -705,6 +726,7 @@ class Client(BaseClient):
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
         include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
         top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+        hedge: "bool | HedgePolicy | None" = ...,
     ) -> Stream: ...
 
     def chat(
@@ -731,20 +753,21 @@ class Client(BaseClient):
         top_logprobs: int | None = None,
         truncate: bool | None = None,
         shift: bool | None = None,
+        hedge: "bool | HedgePolicy | None" = None,
     ) -> Reply | Stream:
         if run_tools:
             return self._tool_loop(
                 prompt, stream, max_tool_rounds, dict(
                     model=model, system=system, options=options, format=format, think=think, keep_alive=keep_alive,
                     tools=tools, on_midstream=on_midstream, timeout=timeout, servers=servers, output_type=output_type,
-                    logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift,
+                    logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift, hedge=hedge,
                 ),
             )
         prep = self._session(
             prompt, model=model, system=system, options=options, format=format, think=think,
             keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
             more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
-            output_type=output_type,
+            output_type=output_type, hedge=hedge,
         )
         return self._run(prep, stream, servers, keep_events, include)
 
@@ -760,6 +783,7 @@ class Client(BaseClient):
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
         include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
         top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+        hedge: "bool | HedgePolicy | None" = ...,
     ) -> Reply: ...
     @overload
     def generate(
@@ -771,6 +795,7 @@ class Client(BaseClient):
         servers: Sequence[str] | None = ..., keep_events: bool | None = ...,
         include: "str | Sequence[str] | None" = ..., output_type: Any = ..., logprobs: bool | None = ...,
         top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+        hedge: "bool | HedgePolicy | None" = ...,
     ) -> Stream: ...
 
     def generate(
@@ -799,13 +824,14 @@ class Client(BaseClient):
         top_logprobs: int | None = None,
         truncate: bool | None = None,
         shift: bool | None = None,
+        hedge: "bool | HedgePolicy | None" = None,
     ) -> Reply | Stream:
         prep = self._generate_session(
             prompt, model=model, suffix=suffix, system=system, template=template, context=context, raw=raw,
             images=images, format=format, options=options, think=think, keep_alive=keep_alive,
             on_midstream=on_midstream, timeout=timeout,
             more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
-            output_type=output_type,
+            output_type=output_type, hedge=hedge,
         )
         return self._run(prep, stream, servers, keep_events, include)
 
@@ -1099,20 +1125,21 @@ class AsyncClient(BaseClient):
         top_logprobs: int | None = None,
         truncate: bool | None = None,
         shift: bool | None = None,
+        hedge: "bool | HedgePolicy | None" = None,
     ) -> "ChatCall | Awaitable[Reply]":
         if run_tools:
             return self._tool_loop(
                 prompt, stream, max_tool_rounds, dict(
                     model=model, system=system, options=options, format=format, think=think, keep_alive=keep_alive,
                     tools=tools, on_midstream=on_midstream, timeout=timeout, servers=servers, output_type=output_type,
-                    logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift,
+                    logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift, hedge=hedge,
                 ),
             )
         prep = self._session(
             prompt, model=model, system=system, options=options, format=format, think=think,
             keep_alive=keep_alive, tools=tools, on_midstream=on_midstream, timeout=timeout,
             more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
-            output_type=output_type,
+            output_type=output_type, hedge=hedge,
         )
         keep = self.keep_events if keep_events is None else keep_events
         return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream, include=event_filter(include))
@@ -1212,13 +1239,14 @@ class AsyncClient(BaseClient):
         top_logprobs: int | None = None,
         truncate: bool | None = None,
         shift: bool | None = None,
+        hedge: "bool | HedgePolicy | None" = None,
     ) -> "ChatCall":
         prep = self._generate_session(
             prompt, model=model, suffix=suffix, system=system, template=template, context=context, raw=raw,
             images=images, format=format, options=options, think=think, keep_alive=keep_alive,
             on_midstream=on_midstream, timeout=timeout,
             more={"logprobs": logprobs, "top_logprobs": top_logprobs, "truncate": truncate, "shift": shift},
-            output_type=output_type,
+            output_type=output_type, hedge=hedge,
         )
         keep = self.keep_events if keep_events is None else keep_events
         return ChatCall(self, prep, stream=stream, servers=servers, keep_events=keep and stream, include=event_filter(include))
@@ -1438,7 +1466,7 @@ def chat(
     tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = ..., run_tools: bool = ..., max_tool_rounds: int = ..., on_midstream: MidstreamPolicy | None = ...,
     timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
     keep_events: bool | None = ..., include: "str | Sequence[str] | None" = ..., output_type: Any = ...,
-    logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+    logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ..., hedge: "bool | HedgePolicy | None" = ...,
     registry: "Registry | str | os.PathLike[str] | None" = ...,
 ) -> Reply: ...
 @overload
@@ -1448,7 +1476,7 @@ def chat(
     tools: "Sequence[Mapping[str, Any] | Callable[..., Any]] | None" = ..., run_tools: bool = ..., max_tool_rounds: int = ..., on_midstream: MidstreamPolicy | None = ...,
     timeout: "Timeouts | float | dict[str, float | None] | None" = ..., servers: Sequence[str] | None = ...,
     keep_events: bool | None = ..., include: "str | Sequence[str] | None" = ..., output_type: Any = ...,
-    logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ...,
+    logprobs: bool | None = ..., top_logprobs: int | None = ..., truncate: bool | None = ..., shift: bool | None = ..., hedge: "bool | HedgePolicy | None" = ...,
     registry: "Registry | str | os.PathLike[str] | None" = ...,
 ) -> Stream: ...
 

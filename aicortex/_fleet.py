@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ._exceptions import AICortexError
 from ._health import Health, Outcome, outcome_changes, try_claim
+from ._hedge import TTFT_WINDOWS
 from ._protocol import model_key
 from ._store import Snapshot
 
@@ -163,6 +164,8 @@ class FleetView:
         if outcome.kind == "none" and not outcome.trial:
             return
         try:
+            if outcome.ttft_s is not None and outcome.kind == "success":
+                TTFT_WINDOWS.add(outcome.server, outcome.model, outcome.ttft_s)  # hedging's p95 (_hedge)
             with self._lock:
                 changes = _apply(self._health, outcome)
                 for record, _ in outcome_changes(outcome):

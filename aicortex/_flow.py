@@ -16,7 +16,22 @@ effect                          result the driver sends back
                                 or the ``ServerError`` the read raised
 ``Close(drain)``                ``None`` (drain a finished reply, bounded; else close)
 ``Record(outcome)``             ``None`` (apply it to the fleet view; never raises)
+``Start(plan, until)``          ``None`` at once: the attempt is opened and its body
+                                read (by ``until``) in the background (a hedged race)
+``Race(until)``                 ``(number, result)``: the next result of a racing
+                                attempt (as for ``Open``/``Read``), or ``TIMED_OUT``
+                                when ``until`` (the hedge timer) came first
+``Drop(number)``                ``None`` (close that racing attempt at once)
+``Adopt(number)``               ``None`` (that racing attempt goes on alone: its body is
+                                the one ``Read`` and ``Close`` use)
 ==============================  ====================================================
+
+A hedged request (``ChatSession.hedge``, :mod:`aicortex._hedge`) runs its first attempt
+as a race: ``Start``, then ``Race`` with the hedge timer; when the timer fires first the
+flow starts the hedge on another server, and the first attempt to produce output wins:
+the others are dropped (``Drop``, recorded as cancelled) and the winner adopted. An
+attempt that fails in the race ends as usual (``Record``, its ``error`` event) while
+the other goes on.
 
 Everything the request decides lives here and in ``ChatSession``: the order of
 recording and ``end`` (the outcome is recorded, then ``end`` is handed out, then the body
@@ -46,6 +61,10 @@ __all__ = [
     "Read",
     "Close",
     "Record",
+    "Start",
+    "Race",
+    "Drop",
+    "Adopt",
     "TIMED_OUT",
     "chat_flow",
     "prefill_from_show",
@@ -126,6 +145,45 @@ class Record:
         self.outcome = outcome
 
 
+class Start:
+    """Open ``plan``'s request without waiting for it, then read its body by ``until``
+    (absolute ``time.monotonic`` seconds, or ``None``): one racing attempt of a hedged
+    request, whose results ``Race`` hands back."""
+
+    __slots__ = ("plan", "until")
+
+    def __init__(self, plan: AttemptPlan, until: float | None) -> None:
+        self.plan, self.until = plan, until
+
+
+class Race:
+    """Wait for the next result of any racing attempt (each attempt's next read starts
+    once its last result was taken), at most until ``until`` (the hedge timer, absolute
+    ``time.monotonic`` seconds, or ``None``)."""
+
+    __slots__ = ("until",)
+
+    def __init__(self, until: float | None) -> None:
+        self.until = until
+
+
+class Drop:
+    """Close racing attempt ``number`` at once, whatever it is doing (its server sees the
+    disconnect)."""
+
+    __slots__ = ("number",)
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+class Adopt(Drop):
+    """Racing attempt ``number`` goes on alone: ``Read`` and ``Close`` use its body (none
+    if its request failed to open)."""
+
+    __slots__ = ()
+
+
 class _TimedOut:
     __slots__ = ()
 
@@ -164,14 +222,19 @@ def chat_flow(s: ChatSession) -> Step:
         plan, events = s.plan_attempt(cand, prefill=prefill, trial=cand.state == "half_open")
         if events:
             yield events
-        opened = yield Open(plan)
-        if opened is not None:
-            s.transport_failed(opened)
-        else:
-            read = Read(*s.read_limits())
-            flowing = False  # output has begun: the limits change once, at the first output
+        hedge_at = s.hedge_at()
+        if hedge_at is None:
+            opened = yield Open(plan)
+            if opened is not None:
+                s.transport_failed(opened)
             events = []
-            while True:
+        else:
+            events = yield from _race(s, plan, hedge_at)
+            opened = None
+        if opened is None:
+            read = Read(*s.read_limits())
+            flowing = s.has_output  # output has begun: the limits change once, at the first output
+            while not s.attempt_done:
                 read.events = events
                 data = yield read
                 if data.__class__ is bytes:
@@ -204,6 +267,60 @@ def chat_flow(s: ChatSession) -> Step:
             raise s.fatal
         if s.complete:
             return
+
+
+def _race(s: ChatSession, plan: AttemptPlan, hedge_at: float) -> Generator[Any, Any, list[Any]]:
+    """The first attempt of a hedged request, raced against its hedge until one of them
+    produces output (or its whole reply). Returns the winner's events; the winner (or the
+    last attempt left, failed) is then the session's current attempt and is adopted."""
+    lanes = [plan.number]
+    yield Start(plan, s.read_limits()[0])
+    timer: float | None = hedge_at
+    while True:
+        got = yield Race(timer)
+        if got is TIMED_OUT:  # no first token by the hedge delay
+            timer = None
+            hedge = s.start_hedge()
+            if hedge is not None:
+                second, events = hedge
+                lanes.append(second.number)
+                yield Start(second, s.read_limits()[0])
+                yield events
+            continue
+        number, data = got
+        s.switch(number)
+        if data.__class__ is bytes:
+            events = s.receive(data) if data else s.receive_eof()
+        elif data is TIMED_OUT:
+            events = []
+            s.timed_out()
+        else:
+            events = []
+            s.transport_failed(data)
+        if s.has_output or (s.attempt_done and s.attempt_error is None):  # the winner
+            if len(lanes) > 1:
+                losers, meta = s.settle()
+                for loser in losers:
+                    yield Drop(loser)
+                events = meta + events
+            yield Adopt(number)
+            return events
+        if not s.attempt_done:
+            continue  # bytes but no output yet
+        if len(lanes) == 1:  # the last one left failed: it ends as any attempt does
+            yield Adopt(number)
+            return events
+        lanes.remove(number)  # it failed; the other races on
+        ended = s.end_attempt()
+        if s.outcome is not None:
+            yield Record(s.outcome)
+        yield events + ended
+        yield Drop(number)
+        if s.fatal is not None:
+            for other in lanes:
+                yield Drop(other)
+            raise s.fatal
+        s.switch(lanes[0], park=False)
 
 
 def prefill_from_show(show: Mapping[str, Any] | None) -> bool | None:

@@ -164,6 +164,10 @@ class Attempt:
         elapsed_s: seconds the attempt lasted.
         mode: ``"fresh"`` for the first attempt or one after a failure before any
             output, ``"restart"`` or ``"continue"`` after a mid-stream failure.
+        hedge: this attempt was a hedged request's second copy, started because the
+            attempt before it had no first token after the hedge delay.
+        cancelled: a hedged race's loser: the other attempt produced the first token
+            and this one was closed (not a failure; ``error`` is ``None``).
     """
 
     server: str
@@ -175,11 +179,13 @@ class Attempt:
     started_at: float = 0.0
     elapsed_s: float = 0.0
     mode: str = "fresh"
+    hedge: bool = False
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
         """True when this attempt produced the reply."""
-        return self.error is None
+        return self.error is None and not self.cancelled
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ._exceptions import (
 )
 from ._failover import Decision, MidstreamPolicy, decide
 from ._health import Outcome
+from ._hedge import HedgePolicy, hedge_meta
 from ._models import Attempt, Server, StreamEvent, Usage, token_event
 from ._protocol import (
     NDJSONDecoder,
@@ -83,6 +84,7 @@ class AttemptPlan:
         trial: this attempt holds the server's half-open trial.
         headers: extra HTTP headers for this server (``Server.headers_env``, resolved).
         path: ``"/api/chat"`` or ``"/api/generate"``.
+        hedge: the second copy of a hedged request (see :mod:`aicortex._hedge`).
     """
 
     server: str
@@ -96,6 +98,7 @@ class AttemptPlan:
     trial: bool = False
     headers: Mapping[str, str] | None = None
     path: str = "/api/chat"
+    hedge: bool = False
 
 
 def _min(*values: float | None) -> float | None:
@@ -121,6 +124,8 @@ class ChatSession:
         headers: ``{url: extra headers}`` for servers that need their own (resolved
             ``Server.headers_env``).
         clock: monotonic seconds (``time.monotonic``); ``wall``: Unix seconds.
+        hedge: a :class:`~aicortex.HedgePolicy` to hedge the first attempt with (see
+            :mod:`aicortex._hedge`), or ``None``.
 
     After the run: ``text``, ``thinking``, ``tool_calls``, ``usage``, ``server``,
     ``attempts``, ``ttft_s``, ``tokens_per_second``, ``complete``, ``fatal``,
@@ -143,8 +148,14 @@ class ChatSession:
         body: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        hedge: "HedgePolicy | None" = None,
     ) -> None:
         self.model = model
+        #: The hedging policy of this request (``None``: no hedged requests); never with
+        #: ``policy="raise"``.
+        self.hedge = hedge if policy != "raise" else None
+        self._parked: dict[int, dict[str, Any]] = {}  # racing attempts that are not current
+        self._hedged = False  # a hedge was sent (one per request at most)
         #: The caller's own request body, sent as it is (only ``messages`` / ``prompt``
         #: change, for a continuation); ``None``: the body is built from ``request``.
         self.body = None if body is None else dict(body)
@@ -309,6 +320,8 @@ class ChatSession:
     def start(self) -> list[StreamEvent]:
         """Begin the request: the ``"start"`` event."""
         self._started = self._clock()
+        if self.hedge is not None:
+            self.hedge.request()
         return [
             self._event(
                 "start",
@@ -389,7 +402,7 @@ class ChatSession:
         first = t.first_token if cand.warm else t.first_token_cold
         plan = AttemptPlan(
             server=cand.server.url,
-            number=len(self._attempts) + 1,
+            number=len(self._attempts) + len(self._parked) + 1,
             body=body,
             mode=mode,
             connect_timeout_s=_min(t.connect, remaining),
@@ -473,6 +486,95 @@ class ChatSession:
             self._attempt_error = StallTimeout(
                 f"stalled: no bytes for the stall timeout of {limit:g} s", server=plan.server, timeout_s=limit
             )
+
+    # -- hedged requests ------------------------------------------------------------------------
+    def hedge_at(self) -> float | None:
+        """When (``time.monotonic`` seconds) to hedge the attempt just planned, or ``None``
+        not to: no policy, something already reached the caller, not a fresh attempt, a
+        half-open trial, a hedge already sent, or no candidate fit to take it (warm, breaker
+        closed). The delay is the policy's (its (server, model) TTFT quantile, clamped)."""
+        plan, policy = self._plan, self.hedge
+        if policy is None or plan is None or self._hedged or self._emitted or plan.mode != "fresh" or plan.trial:
+            return None
+        if self._hedge_index() is None:
+            return None
+        return self._attempt_started + policy.delay_s(plan.server, self._model_key)
+
+    def _hedge_index(self) -> int | None:
+        for i in range(self._next_candidate, len(self.candidates)):
+            c = self.candidates[i]
+            if c.warm and c.state == "closed":
+                return i
+        return None
+
+    def start_hedge(self) -> tuple[AttemptPlan, list[StreamEvent]] | None:
+        """Plan the hedge of the current attempt, or ``None`` (the budget is spent, or no
+        candidate fits any more). The current attempt keeps racing, parked; the hedge is
+        the current attempt now (:meth:`switch` moves between them). Its events: a
+        ``"meta"`` event ``{"hedge": {"action": "start", "primary", "primary_attempt",
+        "after_s"}}``."""
+        primary, policy = self._plan, self.hedge
+        if policy is None or primary is None or self._hedged or self.attempt_done:
+            return None
+        i = self._hedge_index()
+        if i is None or not policy.try_spend():
+            return None
+        cand = self.candidates.pop(i)
+        self._hedged = True
+        waited = self._clock() - self._attempt_started
+        self._park()
+        plan, _ = self.plan_attempt(cand)
+        self._plan = plan = replace(plan, hedge=True)
+        meta = hedge_meta(action="start", primary=primary.server, primary_attempt=primary.number, after_s=round(waited, 4))
+        return plan, [self._event("meta", meta=meta)]
+
+    def _park(self) -> None:
+        plan = self._plan
+        assert plan is not None
+        self._parked[plan.number] = {k: getattr(self, k) for k in _ATTEMPT_STATE}
+
+    @property
+    def racing(self) -> int:
+        """Attempts of a hedged race besides the current one."""
+        return len(self._parked)
+
+    def switch(self, number: int, *, park: bool = True) -> None:
+        """Make racing attempt ``number`` the current one (its bytes are fed next); the
+        current one is parked (``park=False``: it ended, forget it)."""
+        plan = self._plan
+        if plan is not None and plan.number == number:
+            return
+        state = self._parked.pop(number)
+        if park:
+            self._park()
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def settle(self) -> tuple[list[int], list[StreamEvent]]:
+        """The current attempt won the hedged race (its first output, or its whole reply,
+        came first): every other racing attempt is recorded as cancelled (``Attempt.
+        cancelled``, not a failure). Returns their numbers, to close, and a ``"meta"``
+        event ``{"hedge": {"action": "won", "winner", "attempt", "cancelled",
+        "cancelled_attempts"}}``."""
+        plan = self._plan
+        assert plan is not None
+        now = self._clock()
+        losers = []
+        for number, state in self._parked.items():
+            lost: AttemptPlan = state["_plan"]
+            self._attempts.append(
+                Attempt(
+                    server=lost.server, number=number, started_at=state["_attempt_wall"],
+                    elapsed_s=now - state["_attempt_started"], mode=lost.mode, hedge=lost.hedge, cancelled=True,
+                )
+            )
+            losers.append(lost)
+        self._parked.clear()
+        meta = hedge_meta(
+            action="won", winner=plan.server, attempt=plan.number,
+            cancelled=[p.server for p in losers], cancelled_attempts=[p.number for p in losers],
+        )
+        return [p.number for p in losers], [self._event("meta", meta=meta)]
 
     def receive(self, data: bytes) -> list[StreamEvent]:
         """Feed response bytes of the current attempt; return the events they complete.
@@ -679,6 +781,7 @@ class ChatSession:
             started_at=self._attempt_wall,
             elapsed_s=now - self._attempt_started,
             mode=plan.mode,
+            hedge=plan.hedge,
         )
         self._attempts.append(attempt)
         held = self.consumer_s - self._consumer_mark
@@ -746,7 +849,9 @@ class ChatSession:
                 model=self.model,
                 attempts=self._attempts,
             )
-        reasons = "; ".join(f"{a.server}: {error_reason(a.error)}" for a in self._attempts) or "no candidate servers"
+        reasons = "; ".join(
+            f"{a.server}: {'cancelled (lost a hedged race)' if a.cancelled else error_reason(a.error)}" for a in self._attempts
+        ) or "no candidate servers"
         if self.skipped:
             reasons += "; skipped (circuit breaker open, in cooldown): " + ", ".join(c.server.url for c in self.skipped)
         return AllServersFailed(
@@ -769,6 +874,14 @@ class ChatSession:
         else:
             msg = f"deadline of {deadline:g} s exceeded after {len(self._attempts)} attempts"
         return DeadlineExceeded(msg, deadline_s=deadline, attempts=self._attempts)
+
+
+#: The per-attempt state a racing attempt keeps while another one is current.
+_ATTEMPT_STATE = (
+    "_plan", "_cand", "_prefill_known", "_decoder", "_attempt_started", "_attempt_wall", "_consumer_mark", "_until",
+    "_deadline_until", "_attempt_first", "_attempt_tokens", "_attempt_tok_first", "_attempt_tok_last",
+    "_attempt_error", "_done", "_held", "_prefix", "_kept",
+)
 
 
 def _rate(tokens: int, first: float, last: float) -> float | None:

@@ -15,7 +15,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, AsyncGenerator, Generator, Iterator, Mapping
 
 from ._exceptions import IncompleteStream, InvalidOutput, ServerError
-from ._flow import Admit, Close, KnownPrefill, Learn, Open, Read, Record, Show, chat_flow
+from ._flow import Admit, Adopt, Close, Drop, KnownPrefill, Learn, Open, Race, Read, Record, Show, Start, chat_flow
 from ._models import Attempt, Reply, StreamEvent, Usage
 from ._session import ChatSession
 
@@ -35,11 +35,12 @@ class _Held:
     """The response in flight, shared by a driver and its stream (so that a stream that is
     garbage-collected can close it without running the driver)."""
 
-    __slots__ = ("body", "fleet")
+    __slots__ = ("body", "fleet", "race")
 
     def __init__(self, fleet: "FleetView") -> None:
         self.body: Any = None
         self.fleet = fleet
+        self.race: Any = None  # the racing attempts of a hedged request (``_race``)
 
     def release(self) -> Any:
         body, self.body = self.body, None
@@ -85,7 +86,9 @@ def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Generato
                     fleet.end(item.plan.server)
                     raise
             elif cls is Close:
-                held.release().close(item.drain)
+                body = held.release()
+                if body is not None:  # None: a race's last attempt, which never opened
+                    body.close(item.drain)
             elif cls is Admit:
                 send = fleet.admit(item.candidate.server.url, item.model)
             elif cls is KnownPrefill:
@@ -94,7 +97,21 @@ def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Generato
                 send = transport.show(item.url, item.model, timeout_s=SHOW_TIMEOUT_S)
             elif cls is Learn:
                 fleet.learn_prefill(item.url, item.model, item.value)
+            elif cls is Race:
+                send = held.race.race(item.until)
+            elif cls is Start:
+                if held.race is None:
+                    from ._race import SyncRace
+
+                    held.race = SyncRace(transport, fleet)
+                held.race.start(item.plan, item.until)
+            elif cls is Adopt:
+                held.body = held.race.adopt(item.number)
+            elif cls is Drop:
+                held.race.drop(item.number)
     finally:
+        if held.race is not None:
+            held.race.close()
         body = held.release()
         if body is not None:
             body.close(False)
@@ -140,7 +157,9 @@ async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held)
                     fleet.end(item.plan.server)
                     raise
             elif cls is Close:
-                await held.release().close(item.drain)
+                body = held.release()
+                if body is not None:  # None: a race's last attempt, which never opened
+                    await body.close(item.drain)
             elif cls is Admit:
                 send = await fleet.admit_async(item.candidate.server.url, item.model)
             elif cls is KnownPrefill:
@@ -149,12 +168,30 @@ async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held)
                 send = await transport.show(item.url, item.model, timeout_s=SHOW_TIMEOUT_S)
             elif cls is Learn:
                 fleet.learn_prefill(item.url, item.model, item.value)
+            elif cls is Race:
+                send = await held.race.race(item.until)
+            elif cls is Start:
+                if held.race is None:
+                    from ._race import AsyncRace
+
+                    held.race = AsyncRace(transport, fleet)
+                held.race.start(item.plan, item.until)
+            elif cls is Adopt:
+                held.body = held.race.adopt(item.number)
+            elif cls is Drop:
+                held.race.drop(item.number)
     finally:
         _abort(s, held)
 
 
 def _abort(s: ChatSession, held: _Held) -> None:
     """Close the response in flight at once and give back a held trial (never raises)."""
+    race, held.race = held.race, None
+    if race is not None:
+        try:
+            race.close()
+        except Exception:  # pragma: no cover - no event loop any more (garbage collection)
+            pass
     body = held.release()
     if body is not None:
         try:

@@ -130,10 +130,16 @@ class Transport:
             BadRequest (400), ServerModelNotFound (404 JSON), HTTPStatusError (others,
             3xx included: redirects are not followed; the error names the Location).
         """
-        _check_open(self._closed)
-        body = SyncBody(self, plan)
+        body = self.prepare_chat(plan)
         body.open()
         return body
+
+    def prepare_chat(self, plan: "AttemptPlan") -> "SyncBody":
+        """The body of ``plan``'s attempt, not sent yet: ``body.open()`` sends it (as
+        :meth:`open_chat`), and ``body.fire()`` from another thread cuts it at any point
+        (a hedged race's loser). Raises ``ConfigError`` when the client was closed."""
+        _check_open(self._closed)
+        return SyncBody(self, plan)
 
     def _status_error(self, server: str, response: httpx.Response, data: bytes) -> HTTPStatusError:
         h = response.headers
@@ -400,6 +406,10 @@ class SyncBody:
             # the one of the HTTP/1.1 connection sending this request (the caller's frame),
             # so the watchdog can also cut the header phase of a reused connection.
             self._stream = _sending_stream()
+        else:
+            return
+        if self.fired:  # cut before its socket was known (a race's loser): cut it now
+            self.fire()
 
     def fire(self) -> None:
         """The hard limit passed: shut the socket down so the blocked read returns."""

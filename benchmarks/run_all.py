@@ -5,8 +5,8 @@
     python benchmarks/run_all.py --quick    # tiny inputs (the smoke test's sizes), seconds
     python benchmarks/run_all.py --only stream,import
 
-Benchmarks: import (2), stream (1), failover (3), concurrency (4), async (6), percall (7),
-real (5). Results go to benchmarks/results/<name>.json (gitignored) and a summary to
+Benchmarks: import (2), stream (1), failover (3), hedge (9), concurrency (4), async (6),
+percall (7), real (5). Results go to benchmarks/results/<name>.json (gitignored) and a summary to
 results/summary.json.
 Exit status 1 if a benchmark crashed; missed targets are reported, not failures.
 """
@@ -27,6 +27,7 @@ import bench_async  # noqa: E402
 import bench_concurrency  # noqa: E402
 import bench_embed  # noqa: E402
 import bench_failover  # noqa: E402
+import bench_hedge  # noqa: E402
 import bench_import  # noqa: E402
 import bench_percall  # noqa: E402
 import bench_real  # noqa: E402
@@ -38,6 +39,7 @@ BENCHMARKS = {
     "import": bench_import.run,
     "stream": bench_stream.run,
     "failover": bench_failover.run,
+    "hedge": bench_hedge.run,
     "concurrency": bench_concurrency.run,
     "async": bench_async.run,
     "percall": bench_percall.run,

@@ -89,6 +89,16 @@ def test_failover(tmp_path, capsys):
     assert "gap ms (median)" in out and "connect=0.5 s" in out
 
 
+def test_hedge(tmp_path, capsys):
+    import bench_hedge
+
+    result = bench_hedge.run(quick=True, requests=20, kinds=("async",))
+    out, data = _emit(result, tmp_path, capsys)
+    _check_table(out, bench_hedge.COLUMNS, 2)
+    assert [(r["client"], r["hedge"], r["requests"]) for r in data["rows"]] == [("async", False, 20), ("async", True, 20)]
+    assert data["rows"][0]["extra_attempts"] == 0 and "p99_ms" in data["rows"][1]
+
+
 def test_concurrency(tmp_path, capsys):
     import ollama  # noqa: F401  (a test extra: the official client is measured side by side)
     import bench_concurrency

@@ -12,7 +12,7 @@ import aicortex.testing
 
 EXPECTED = {
     "__version__", "chat", "generate", "embed", "models", "list_model_servers", "refresh", "Client", "Registry", "Stream",
-    "StreamEvent", "Reply", "Usage", "Attempt", "Server", "ModelEntry", "Timeouts",
+    "StreamEvent", "Reply", "Usage", "Attempt", "Server", "ModelEntry", "Timeouts", "HedgePolicy",
     "AsyncClient", "AsyncStream", "ChatCall", "ModelList",
     "FleetModel", "LoadedModel", "PsReport", "ShowResult", "PullProgress", "PullResult", "OpResult",
     "EmbedResult", "RefreshReport", "ProbeResult", "BenchResult", "Route", "Candidate", "Health", "Outcome", "FleetView", "Snapshot",
