@@ -186,6 +186,10 @@ class ChatSession:
         self._tok_last = 0.0
         self._now_wall = 0.0  # Unix time of the bytes being handled (one reading per read)
         # Request-wide state.
+        #: Unix seconds when the request began (``start``), ``None`` before.
+        self.started_at: float | None = None
+        #: Its telemetry was recorded (``aicortex.telemetry``), once.
+        self.recorded = False
         self._started: float | None = None
         self._sent: float | None = None
         self._first_output: float | None = None
@@ -320,6 +324,7 @@ class ChatSession:
     def start(self) -> list[StreamEvent]:
         """Begin the request: the ``"start"`` event."""
         self._started = self._clock()
+        self.started_at = self._wall()
         if self.hedge is not None:
             self.hedge.request()
         return [

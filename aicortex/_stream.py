@@ -18,6 +18,7 @@ from ._exceptions import IncompleteStream, InvalidOutput, ServerError
 from ._flow import Admit, Adopt, Close, Drop, KnownPrefill, Learn, Open, Race, Read, Record, Show, Start, chat_flow
 from ._models import Attempt, Reply, StreamEvent, Usage
 from ._session import ChatSession
+from .telemetry import record_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._aio import AsyncTransport
@@ -118,6 +119,7 @@ def _drive_sync(s: ChatSession, transport: "Transport", held: _Held) -> Generato
         outcome = s.abandon()
         if outcome is not None:
             fleet.record(outcome)
+        record_request(s)  # OpenTelemetry, when installed (never raises)
 
 
 async def _drive_async(s: ChatSession, transport: "AsyncTransport", held: _Held) -> AsyncGenerator[StreamEvent, None]:
@@ -201,6 +203,7 @@ def _abort(s: ChatSession, held: _Held) -> None:
     outcome = s.abandon()
     if outcome is not None:
         held.fleet.record(outcome)
+    record_request(s)  # OpenTelemetry, when installed (never raises)
 
 
 class _Results:
