@@ -16,6 +16,7 @@ Commands::
     aicortex copy SOURCE DESTINATION [--server S]... [--json]
     aicortex warm MODEL [--server S]... [--keep-alive D] [--json]
     aicortex unload MODEL [--server S]... [--json]
+    aicortex top [--interval S] [--once]
 
 ``--db PATH`` goes before the command (``aicortex --db PATH models``, env
 ``AICORTEX_DB``) or after it (``aicortex models --db PATH``, which wins); default:
@@ -904,3 +905,30 @@ def main() -> None:  # pragma: no cover - console entry point alias
 
 if __name__ == "__main__":  # pragma: no cover
     cli()
+
+
+@cli.command()
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
+@db_option
+def top(interval: float, once: bool, db: str | None) -> None:
+    """A live view of the fleet, refreshed every second until Ctrl-C.
+
+    Per server: up/down (its /api/ps, asked now), circuit breaker, loaded models, TTFT
+    p50/p95 (the last `aicortex bench`: this command sends no chat), EWMA TTFT and
+    tokens/s from the registry. Needs rich: pip install 'aicortex[top]'.
+    """
+    from ._config import Timeouts
+    from ._exceptions import ConfigError
+    from .top import run
+
+    try:
+        import rich  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException("aicortex top needs rich: pip install 'aicortex[top]'") from exc
+    limits = Timeouts(connect=1.0, first_token=1.0, first_token_cold=1.0, stall=1.0)
+    with open_client(db, timeout=limits, probe_timeout_s=1.0, refresh_ttl_s=None) as client:
+        try:
+            run(client, interval_s=interval, once=once, inflight=False)
+        except ConfigError as exc:  # pragma: no cover - rich checked above
+            raise click.ClickException(str(exc)) from exc
