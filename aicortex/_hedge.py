@@ -135,7 +135,7 @@ class HedgePolicy:
         floor_s: float = 0.1,
         ceiling_s: float = 2.0,
         budget: float = 0.05,
-        burst: float = 2.0,
+        burst: float = 10.0,
         min_samples: int = 20,
         windows: TTFTWindows | None = None,
     ) -> None:

@@ -14,7 +14,7 @@ per-(server, model) TTFT windows and are not counted.
 TTFT is ``Reply.ttft_s`` (from sending the first attempt to the first token, the hedge
 included). "Extra attempts" = attempts beyond one per request, as a share of requests.
 Hedging uses the default ``HedgePolicy()`` (p95, floor 0.1 s, ceiling 2 s, budget 5 %,
-burst 2).
+burst 10).
 
     python benchmarks/bench_hedge.py [--quick] [--requests N]
 """
@@ -154,7 +154,7 @@ def run(quick: bool = False, requests: int | None = None, kinds: tuple[str, ...]
         f"first token, the rest {FAST_S * 1000:g} ms; {RATE:g} requests/s arriving at a fixed rate; {WARMUP} warm-up "
         "requests per run not counted.",
         "Hedging: HedgePolicy() defaults: hedge after the (server, model) p95 TTFT of the last 200 replies, "
-        "clamped to [0.1 s, 2 s], to the next warm server with its breaker closed; token bucket 5 %/request, burst 2.",
+        "clamped to [0.1 s, 2 s], to the next warm server with its breaker closed; token bucket 5 %/request, burst 10.",
         "Target: p99 TTFT at least 4x lower with <= 8 % extra attempts, p50 unchanged: "
         + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items() if k.endswith("_met")),
     ]
