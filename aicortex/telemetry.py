@@ -201,7 +201,7 @@ def _record(api: Any, s: "ChatSession", now: float) -> None:
     if error is not None:
         span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:300]))
     context = trace.set_span_in_context(span)
-    for a in attempts:
+    for a in attempts if span.is_recording() else ():  # no SDK: the children would not record either
         a_attrs: dict[str, Any] = {
             **base, **_server(a.server), "aicortex.attempt.number": a.number, "aicortex.attempt.mode": a.mode,
         }

@@ -270,6 +270,7 @@ def test_a_request_can_turn_hedging_on_or_off(client_kind):
     fleet = OrderedFleet(client_kind, 2, scripts=scripts, timeout=LIMITS)
     try:
         assert len(fleet.client.chat("Why?", model=FLEET_MODEL).attempts) == 1  # the client does not hedge
+        fleet.fakes[0].default_script = SLOW  # so that the hedge wins, however loaded the machine
         reply = fleet.client.generate("Why?", model=FLEET_MODEL, hedge=hedge)
         assert reply.server == fleet.urls[1] and [a.cancelled for a in reply.attempts] == [True, False]
         assert fleet.fakes[0].wait_for_disconnect(timeout=3.0, path="/api/generate")
