@@ -9,7 +9,9 @@ generate request then gives
   (failovers and hedges included), with their real start and end times;
 * the client metrics ``gen_ai.client.operation.duration`` (s),
   ``gen_ai.client.operation.time_to_first_chunk`` (s) and ``gen_ai.client.token.usage``
-  (``{token}``, ``gen_ai.token.type`` ``input`` / ``output``), one record per request.
+  (``{token}``, ``gen_ai.token.type`` ``input`` / ``output``), one record per request
+  (the time to first chunk for every request: aicortex always streams from Ollama, the
+  caller's ``stream=False`` included).
 
 Names and attributes follow the OpenTelemetry semantic conventions for generative AI,
 version :data:`SEMCONV_VERSION` (status: Development, so they may change):
