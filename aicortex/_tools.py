@@ -264,7 +264,10 @@ class ToolLoop:
         TTFT and every tool result (the rest is the last round's). Sets :attr:`final`."""
         if self.final is None:
             self.final = replace(
-                reply, attempts=self._before + reply.attempts, ttft_s=self.ttft_s, tool_results=tuple(self.results)
+                reply,
+                attempts=self._before + reply.attempts,
+                ttft_s=self.ttft_s if self._first is not None else reply.ttft_s,
+                tool_results=tuple(self.results),
             )
         return self.final
 
