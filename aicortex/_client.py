@@ -375,8 +375,18 @@ _CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model
             model: model name (else the client's, else ``AICORTEX_MODEL``).
             stream: ``True`` returns a stream of events; ``False`` a :class:`Reply`.
             system: a system prompt, prepended as a system message.
-            options, format, think, keep_alive, tools: passed to Ollama /api/chat as is
+            options, format, think, keep_alive: passed to Ollama /api/chat as is
                 (Ollama ``docs/api.md``, "Generate a chat completion").
+            tools: Ollama tool dicts, or Python functions (their schema is built from the
+                signature and docstring).
+            run_tools: run the tool calls of each reply (the Python functions in
+                ``tools``), send the results back as ``tool`` messages and ask again,
+                until a reply has no tool call or ``max_tool_rounds`` rounds of calls ran
+                (default 8). Returns the final answer's :class:`Reply` with
+                ``tool_results`` and every round's ``attempts``; with ``stream=True``, a
+                stream of every round's events, one ``"tool_result"`` per call run and one
+                ``start``/``end`` for the whole loop. A tool that raises, or an unknown
+                tool name, is answered with the error's text (never raised).
             on_midstream: overrides the client's mid-stream policy for this request.
             timeout: overrides the client's :class:`Timeouts` for this request (a dict
                 changes only the fields it names; a number sets every per-attempt limit
@@ -396,7 +406,8 @@ _CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model
         Raises:
             ConfigError: no model, an empty prompt, a malformed message list, a value
                 that is not JSON (e.g. in ``options``), an unknown ``include`` name, before
-                any request.
+                any request; with ``run_tools=True``, no tool given as a function, a bad
+                ``max_tool_rounds``, or (``Client`` only) an ``async def`` tool.
             InvalidOutput: with ``output_type``, a reply that does not validate.
             ModelNotFound: no enabled server lists the model.
             AllServersFailed: every candidate failed (``.attempts``), or every server was
