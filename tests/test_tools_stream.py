@@ -208,6 +208,14 @@ def test_breaking_out_in_a_round_closes_its_connection(one):
     assert stream.closed_early and not stream.complete and len(stream.tool_results) == 1
     with pytest.raises(IncompleteStream):
         stream.text()
+    # Breaking out of a bare for loop (no with) and dropping the stream does the same.
+    fake.push(Script(tokens=(), tool_calls=(PARIS,)), Script(tokens=("word ",) * 200, token_delay=0.02))
+    for event in client.chat("weather?", model=M, tools=[get_weather], run_tools=True, stream=True):
+        if event.type == "token" and event.index == 2:
+            break
+    del event  # the stream is dropped with the loop: no gc.collect() needed
+    assert fake.wait_for_disconnect(timeout=3.0)
+    assert fake.chat_requests[-1].disconnected and len(fake.chat_requests) == 4
 
 
 def test_closing_between_the_tools_runs_no_more_tools_and_no_next_round(one):
