@@ -10,7 +10,6 @@ neither httpx, aiohttp nor sqlite-utils: they are imported when the first client
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import builtins
 import os
 import random
