@@ -181,6 +181,34 @@ def test_a_server_killed_in_the_final_answer_fails_over_and_the_loop_goes_on(cli
         fl.close()
 
 
+def test_a_server_killed_in_a_tool_call_round_fails_over_and_the_call_runs_once(client_kind):
+    fl = OrderedFleet(client_kind, 2)
+    try:
+        s0, s1 = fl.fakes
+        words = ("Let me", " check", " the weather.")
+        s0.push(Script(tokens=words, tool_calls=(PARIS,), drop_after=2))
+        s1.push(Script(tokens=words, tool_calls=(PARIS,)))
+        runs = []
+
+        def weather(city: str) -> dict:
+            """Weather."""
+            runs.append(city)
+            return {"city": city, "temp": 18}
+
+        weather.__name__ = "get_weather"
+        stream = fl.client.chat("weather?", model=FLEET_MODEL, tools=[weather], run_tools=True, stream=True)
+        kinds = [e.type for e in stream]
+        assert kinds.count("start") == 1 and kinds.count("end") == 1
+        assert kinds.index("error") < kinds.index("tool_call") < kinds.index("tool_result")
+        assert runs == ["Paris"] and stream.text() == "".join(FLEET_TOKENS)
+        assert [(a.server, a.ok) for a in stream.attempts][:2] == [(s0.url, False), (s1.url, True)]
+        history = max((r.body["messages"] for f in fl.fakes for r in f.chat_requests), key=len)  # round 2's
+        assert history[1]["content"] == "".join(words) and history[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert [m["role"] for m in history] == ["user", "assistant", "tool"]
+    finally:
+        fl.close()
+
+
 def test_a_round_that_fails_everywhere_raises_from_iteration(one):
     client, fake = one
     fake.push(Script(tokens=(), tool_calls=(PARIS,)), Script(status=500))
