@@ -264,6 +264,22 @@ def test_no_hedge_to_a_cold_server_over_sockets(client_kind):
         fleet.close()
 
 
+def test_no_hedge_to_a_server_in_cooldown_over_sockets(client_kind):
+    """s1's breaker is open (it just failed): the hedge skips it and goes to s2."""
+    hedge = policy(floor_s=0.05, ceiling_s=0.1)
+    scripts = [SLOW, Script(status=500), Script(tokens=FLEET_TOKENS)]
+    fleet = OrderedFleet(client_kind, 3, scripts=scripts, hedge=hedge, timeout=LIMITS)
+    try:
+        with pytest.raises(Exception):
+            fleet.client.chat("Why?", model=FLEET_MODEL, servers=["s1"], hedge=False)  # opens s1's breaker
+        assert len(fleet.fakes[1].chat_requests) == 1
+        reply = fleet.client.chat("Why?", model=FLEET_MODEL)
+        assert reply.server == fleet.urls[2] and [a.server for a in reply.attempts] == [fleet.urls[0], fleet.urls[2]]
+        assert len(fleet.fakes[1].chat_requests) == 1 and hedge.hedges == 1
+    finally:
+        fleet.close()
+
+
 def test_a_request_can_turn_hedging_on_or_off(client_kind):
     hedge = policy(floor_s=0.05, ceiling_s=0.1)
     scripts = [Script(tokens=FLEET_TOKENS, first_token_delay=0.4), Script(tokens=FLEET_TOKENS)]
