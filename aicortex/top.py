@@ -235,6 +235,9 @@ def render_text(frame: Frame, *, width: int = 160) -> str:
     return out.getvalue()
 
 
+_sleep = time.sleep  # (a test replaces it)
+
+
 def run(client: "Client", *, interval_s: float = 1.0, once: bool = False, inflight: bool = True, console: Any = None) -> None:
     """Show the view, refreshed every ``interval_s`` seconds, until Ctrl-C (``once``: one
     frame, printed). ``console``: a ``rich.console.Console`` (default: the terminal)."""
@@ -247,12 +250,22 @@ def run(client: "Client", *, interval_s: float = 1.0, once: bool = False, inflig
     if once:
         console.print(render(collect(client, inflight=inflight)))
         return
+    from rich.console import Group
     from rich.live import Live
+    from rich.text import Text
 
-    with Live(render(collect(client, inflight=inflight)), console=console, auto_refresh=False, screen=False) as live:
+    from ._exceptions import AICortexError
+
+    frame = collect(client, inflight=inflight)
+    with Live(render(frame), console=console, auto_refresh=False, screen=False) as live:
         try:
             while True:
-                time.sleep(interval_s)
-                live.update(render(collect(client, inflight=inflight)), refresh=True)
+                _sleep(interval_s)
+                try:
+                    frame = collect(client, inflight=inflight)
+                except AICortexError as exc:  # e.g. the registry is locked: keep the last frame, say why
+                    live.update(Group(render(frame), Text(f"refresh failed: {exc}", style="red")), refresh=True)
+                    continue
+                live.update(render(frame), refresh=True)
         except KeyboardInterrupt:
             return

@@ -72,6 +72,37 @@ def test_without_recent_replies_the_last_bench_gives_the_quantiles(fleet):
     assert " b" in render_text(collect(client, inflight=False))
 
 
+def test_the_live_view_refreshes_and_survives_a_failed_refresh(fleet, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from aicortex import RegistryError, top
+
+    client = fleet[0]
+    calls = {"collect": 0, "sleep": 0}
+    real = top.collect
+
+    def flaky(c, **kw):
+        calls["collect"] += 1
+        if calls["collect"] == 3:
+            raise RegistryError("database is locked")
+        return real(c, **kw)
+
+    def sleep(seconds):
+        calls["sleep"] += 1
+        if calls["sleep"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C: run() returns
+
+    monkeypatch.setattr(top, "collect", flaky)
+    monkeypatch.setattr(top, "_sleep", sleep)
+    out = io.StringIO()
+    top.run(client, interval_s=0.01, console=Console(file=out, width=200, color_system=None))
+    assert calls == {"collect": 3, "sleep": 3}
+    text = out.getvalue()
+    assert "refresh failed: database is locked" in text and "warm" in text  # the last good frame stays
+
+
 def test_the_async_client_collects_the_same_frame(fleet):
     import asyncio
 
