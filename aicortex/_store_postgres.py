@@ -344,7 +344,8 @@ class PostgresRegistry(Registry):
         self._callbacks: list[Callable[[], None]] = []
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
-        self.db = _PgDb(self)  # type: ignore[assignment]
+        self._pgdb = _PgDb(self)
+        self.db = self._pgdb  # type: ignore[assignment]  # the shared code's sqlite-utils calls
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "row_factory": dict_row,
@@ -430,7 +431,7 @@ class PostgresRegistry(Registry):
                 )
             for name, sql in MIGRATIONS:
                 if name not in done:
-                    conn.execute(sql)  # type: ignore[arg-type]  # our own constant SQL
+                    conn.execute(sql)  # our own constant SQL
                     conn.execute("INSERT INTO migrations (name, applied_at) VALUES (%s, %s)", [name, _now()])
             if seed and self._meta("seeded_at") is None:
                 if not self.db["servers"].count:
@@ -457,18 +458,18 @@ class PostgresRegistry(Registry):
     def _lock_servers(self, urls: Sequence[str]) -> dict[str, int]:
         """Lock the ``servers`` rows of ``urls`` (in id order, so writers never deadlock);
         ``{url: id}`` of those still registered."""
-        rows = self.db.conn.execute(
+        rows = self._pgdb.conn.execute(
             "SELECT id, url FROM servers WHERE url = ANY(%s) ORDER BY id FOR UPDATE", [list(urls)]
         ).fetchall()
         return {r["url"]: r["id"] for r in rows}
 
     def _health_rows(self, ids: Sequence[int]) -> dict[tuple[int, str], Health]:
         names = [f.name for f in dataclasses.fields(Health)]
-        rows = self.db.conn.execute("SELECT * FROM health WHERE server_id = ANY(%s)", [list(ids)]).fetchall()
+        rows = self._pgdb.conn.execute("SELECT * FROM health WHERE server_id = ANY(%s)", [list(ids)]).fetchall()
         return {(r["server_id"], r["model"]): Health(**{n: r[n] for n in names}) for r in rows}
 
     def _put_health_rows(self, changed: Mapping[tuple[int, str], Health]) -> None:
-        self.db["health"].upsert_all(
+        self._pgdb["health"].upsert_all(
             [{"server_id": sid, "model": model, **dataclasses.asdict(h)} for (sid, model), h in changed.items()],
             pk=("server_id", "model"),
         )
@@ -517,7 +518,7 @@ class PostgresRegistry(Registry):
                     errors[sid] = (o.error, o.at)
             self._put_health_rows(changed)
             if errors:
-                with self.db.conn.cursor() as cur:
+                with self._pgdb.conn.cursor() as cur:
                     cur.executemany(
                         "UPDATE servers SET last_error = %s, updated_at = %s WHERE id = %s",
                         [[e, at, sid] for sid, (e, at) in errors.items()],

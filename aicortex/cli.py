@@ -16,10 +16,12 @@ Commands::
     aicortex copy SOURCE DESTINATION [--server S]... [--json]
     aicortex warm MODEL [--server S]... [--keep-alive D] [--json]
     aicortex unload MODEL [--server S]... [--json]
+    aicortex registry copy SOURCE DESTINATION [--json]
 
 ``--db PATH`` goes before the command (``aicortex --db PATH models``, env
 ``AICORTEX_DB``) or after it (``aicortex models --db PATH``, which wins); default:
-``servers.db`` in the user data directory. Only ``servers add`` creates a registry (and
+``servers.db`` in the user data directory; a ``postgresql://user@host/db`` URL instead of
+a path is a registry in PostgreSQL (``pip install 'aicortex[postgres]'``). Only ``servers add`` creates a registry (and
 its folder); every other command on a missing file exits 1 saying so. Library errors
 (:class:`~aicortex.AICortexError`) become ``click.ClickException``: the library's
 message on stderr, exit status 1; usage errors exit 2; Ctrl-C during ``chat`` exits 130.
@@ -65,7 +67,7 @@ def db_option(fn: F) -> F:
         type=click.Path(dir_okay=False, path_type=str),
         metavar="PATH",
         default=None,
-        help="Registry file (also `aicortex --db PATH COMMAND`; env AICORTEX_DB; "
+        help="Registry file or postgresql:// URL (also `aicortex --db PATH COMMAND`; env AICORTEX_DB; "
         "default: servers.db in the user data directory).",
     )(fn)
 
@@ -225,8 +227,8 @@ def _echo_json(obj: Any) -> None:
     envvar="AICORTEX_DB",
     metavar="PATH",
     default=None,
-    help="Registry file for every command (env AICORTEX_DB; a command's own --db wins; "
-    "default: servers.db in the user data directory).",
+    help="Registry file or postgresql://user@host/db URL for every command (env AICORTEX_DB; "
+    "a command's own --db wins; default: servers.db in the user data directory).",
 )
 def cli(db: str | None) -> None:
     """aicortex: talk to many Ollama servers as if they were one.
@@ -240,6 +242,47 @@ def cli(db: str | None) -> None:
         aicortex models
         aicortex chat -m llama3.2 "Why is the sky blue?"
     """
+
+
+def _where(reg: "Registry") -> str:
+    """A registry's location for messages: its file, or its URL without credentials."""
+    return str(reg.path) if reg.path is not None else str(getattr(reg, "url", ":memory:"))
+
+
+# -- registry -------------------------------------------------------------------------------------
+@cli.group(name="registry")
+def registry_group() -> None:
+    """Move a registry between stores (SQLite files and PostgreSQL databases)."""
+
+
+@registry_group.command(name="copy")
+@click.argument("source")
+@click.argument("destination")
+@json_option
+def registry_copy(source: str, destination: str, as_json: bool) -> None:
+    """Copy every server of SOURCE, with its models, circuit breakers, EWMA metrics and
+    bench figures, into DESTINATION (created if missing, never seeded).
+
+    Each is a registry file or a postgresql://user@host[:port]/dbname URL (the password
+    comes from PGPASSWORD or ~/.pgpass). SOURCE is only read; DESTINATION must not hold
+    any of SOURCE's servers (nothing is copied then).
+
+    \b
+        aicortex registry copy ~/.local/share/aicortex/servers.db postgresql://app@db1/fleet
+        aicortex registry copy postgresql://app@db1/fleet backup.db
+    """
+    from ._registry import copy_registry
+
+    with open_registry(source) as src, open_registry(destination, create=True) as dst:
+        counts = copy_registry(src, dst)
+        where = (_where(src), _where(dst))
+    if as_json:
+        click.echo(json.dumps({"source": where[0], "destination": where[1], **counts}))
+        return
+    click.echo(
+        f"Copied {counts['servers']} servers ({counts['models']} models, {counts['health']} health records, "
+        f"{counts['bench']} bench rows) from {where[0]} to {where[1]}."
+    )
 
 
 # -- servers --------------------------------------------------------------------------------------
@@ -314,7 +357,7 @@ def servers_add(
         if seeded is not None:
             seed = reg.get(seeded)
             click.echo(
-                f"{PREFIX} new registry {reg.path}: also added {_label(seed)} from OLLAMA_HOST "
+                f"{PREFIX} new registry {_where(reg)}: also added {_label(seed)} from OLLAMA_HOST "
                 f"(default http://127.0.0.1:11434); `aicortex servers remove {seed.name}` to drop it "
                 "(--no-seed to skip it when creating a registry)",
                 err=True,
