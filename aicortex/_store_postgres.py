@@ -79,8 +79,13 @@ CHANNEL = "aicortex"
 #: How long (seconds) a process's in-flight lease lives unless renewed (the fleet view
 #: renews it about once a second); a crashed process's counts lapse after it.
 LEASE_S = 10.0
-#: Seconds to wait for a connection (to connect, or for a free one in the pool).
+#: Seconds to wait for a connection to be made (libpq ``connect_timeout``).
 CONNECT_TIMEOUT_S = 5.0
+#: Seconds to wait for a connection from the pool before the operation fails.
+POOL_WAIT_S = 2.0
+#: After a connection failure, operations fail at once for this long (seconds) instead
+#: of each waiting ``POOL_WAIT_S``: a background sync during an outage stays short.
+RETRY_AFTER_S = 1.0
 #: The advisory lock (two 32-bit keys) that serializes registry writes and migrations,
 #: the way SQLite's ``BEGIN IMMEDIATE`` does.
 _LOCK = (0x61696378, 1)  # "aicx", 1
@@ -344,6 +349,7 @@ class PostgresRegistry(Registry):
         self._callbacks: list[Callable[[], None]] = []
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
+        self._down: tuple[float, str] | None = None  # (monotonic time, error) of the last connection failure
         self._pgdb = _PgDb(self)
         self.db = self._pgdb  # type: ignore[assignment]  # the shared code's sqlite-utils calls
         kwargs: dict[str, Any] = {
@@ -366,7 +372,7 @@ class PostgresRegistry(Registry):
             min_size=1,
             max_size=8,
             configure=_configure,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=POOL_WAIT_S,
             name="aicortex",
             open=True,
         )
@@ -377,8 +383,10 @@ class PostgresRegistry(Registry):
             raise
 
     def _describe(self, exc: Exception) -> str:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        return f"PostgreSQL registry {self.url}: {msg}"
+        return self._describe_msg(str(exc) or type(exc).__name__)
+
+    def _describe_msg(self, msg: str) -> str:
+        return f"PostgreSQL registry {self.url}: {' '.join(msg.split())}"
 
     # -- transactions ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -394,6 +402,9 @@ class PostgresRegistry(Registry):
                 local.bump = kind
             yield local.conn
             return
+        down = self._down
+        if down is not None and time.monotonic() - down[0] < RETRY_AFTER_S:
+            raise RegistryError(f"{self._describe_msg(down[1])} (retrying)")
         try:
             with self._pool.connection() as conn:
                 local.conn, local.bump = conn, kind
@@ -411,7 +422,10 @@ class PostgresRegistry(Registry):
                 finally:
                     local.conn, local.bump = None, None
         except (psycopg.Error, psycopg_pool.PoolClosed) as exc:
+            if isinstance(exc, psycopg.OperationalError):  # the connection, not the SQL
+                self._down = (time.monotonic(), str(exc))
             raise RegistryError(self._describe(exc)) from exc
+        self._down = None
         if kind in ("registry", "health"):
             self.write_count += 1
 
