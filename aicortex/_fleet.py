@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 from ._exceptions import AICortexError
 from ._health import Health, Outcome, outcome_changes, try_claim
 from ._protocol import model_key
+from ._routing import RouteCache
 from ._store import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,7 +91,7 @@ class FleetView:
         self._leased = False
         self._pending: list[Outcome] = []
         self._prefill: dict[tuple[str, str], bool] = {}
-        self._cands: dict[tuple[int, bool, str], Candidate] = {}  # routing's Candidate cache
+        self._routes = RouteCache()  # each model's candidate order, fixed up as health changes
         self._version: int | None = None
         self._writes = -1  # the store's write_count at the last reload
         self._wake = threading.Event()
@@ -138,28 +139,20 @@ class FleetView:
                 elif ((health.get(key) or Health()).open_until or 0.0) < claim.open_until:
                     health[key] = claim
             self._snap, self._health, self._version, self._writes = snap, health, version, writes
-            self._cands = {}
+            self._routes.reset()
         return True
 
     def route(self, model: str, *, now: float, rng: "random.Random | None" = None) -> "Route":
-        """Candidates for ``model`` in try order (see :func:`aicortex._routing.order_candidates`)."""
-        from ._routing import order_candidates
-
+        """Candidates for ``model`` in try order (see :func:`aicortex._routing.order_candidates`;
+        kept per model by a :class:`~aicortex._routing.RouteCache`, so the cost hardly
+        grows with the number of servers)."""
         self._ensure_thread()
         if self._store.write_count != self._writes:
             self.sync()  # this process changed the registry (added a server, refreshed...)
         key = model_key(model)
         entries = self._snap.entries.get(key, ())
-        health = self._health
-        pairs: dict[str, tuple[Health | None, Health | None]] = {}
-        if health:
-            for server, _ in entries:
-                url = server.url
-                srv, mod = health.get((url, "")), health.get((url, key))
-                if srv is not None or mod is not None:
-                    pairs[url] = (srv, mod)
         inflight: Mapping[str, int] = self._inflight if not self._remote else _Sum(self._inflight, self._remote)
-        return order_candidates(entries, pairs, now=now, rng=rng, inflight=inflight, cache=self._cands)
+        return self._routes.route(key, entries, self._health, now=now, rng=rng, inflight=inflight)
 
     def health(self, url: str, model: str = "") -> Health:
         """The in-memory health of a server (``model=""``) or (server, model)."""
@@ -170,6 +163,7 @@ class FleetView:
         """A request to ``url`` is in flight."""
         with self._lock:
             self._inflight[url] = self._inflight.get(url, 0) + 1
+        self._routes.touch(url)
 
     def end(self, url: str) -> None:
         """A request to ``url`` ended."""
@@ -179,6 +173,7 @@ class FleetView:
                 self._inflight[url] = n
             else:
                 self._inflight.pop(url, None)
+        self._routes.touch(url)
 
     def inflight(self, url: str) -> int:
         """Requests of this process in flight to ``url``."""
@@ -197,6 +192,8 @@ class FleetView:
         try:
             with self._lock:
                 changes = _apply(self._health, outcome)
+                for record, _, _ in changes:
+                    self._routes.touch(outcome.server, record)
                 for record, _ in outcome_changes(outcome):
                     self._claims.pop((outcome.server, record), None)
                 self._pending.append(outcome)
@@ -253,7 +250,11 @@ class FleetView:
         if sync_inflight is None:
             return True
         try:
-            self._remote = sync_inflight(self._owner, dict(self._inflight) if counts is None else counts)
+            remote = sync_inflight(self._owner, dict(self._inflight) if counts is None else counts)
+            old, self._remote = self._remote, remote
+            for url in set(old) | set(remote):
+                if old.get(url) != remote.get(url):
+                    self._routes.touch(url)
             self._leased = True
         except Exception as exc:
             self._leased = False
@@ -273,6 +274,7 @@ class FleetView:
             for record, h in zip(("", key), new):
                 if h is not None:
                     self._health[(url, record)] = self._claims[(url, record)] = h
+                    self._routes.touch(url, record)
         return ok
 
     def claim_in_store(self, url: str, model: str) -> "concurrent.futures.Future[bool]":
