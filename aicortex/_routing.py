@@ -178,7 +178,8 @@ class RouteCache:
     ) -> Route:
         """The :class:`Route` for model ``key`` (see :func:`order_candidates`); ``health``
         is the fleet view's ``{(url, record): Health}``, ``inflight`` ``{url: requests}``."""
-        inflight = inflight or {}
+        if inflight is None:
+            inflight = {}
         mo = self._models.get(key)
         if mo is None or mo.entries is not entries or mo.dirty or now >= mo.view.next_change:
             with self._lock:
