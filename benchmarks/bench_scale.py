@@ -141,6 +141,7 @@ def run(quick: bool = False, servers: int | None = None, models: int | None = No
             except PgUnavailable as exc:
                 notes.append(f"PostgreSQL skipped: {exc.reason}")
             else:
+                old_password = os.environ.get("PGPASSWORD")
                 try:
                     pg.export_password()
                     url = pg.create_database("scale")
@@ -158,6 +159,10 @@ def run(quick: bool = False, servers: int | None = None, models: int | None = No
                                  "added to this process's counts when routing")
                 finally:
                     pg.cleanup()
+                    if old_password is None:
+                        os.environ.pop("PGPASSWORD", None)
+                    else:
+                        os.environ["PGPASSWORD"] = old_password
     p99 = max(max(r[6], r[8]) for r in rows) / 1000
     notes.append(f"{routes} routes per store over {models} models in turn; every model has {servers} candidate servers; "
                  "fill = record_refresh of every server (SQLite), copy_registry from the SQLite file (PostgreSQL)")

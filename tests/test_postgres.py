@@ -334,7 +334,7 @@ def test_subscribers_are_called_after_another_connections_write(pg_url):
 
 
 # -- an outage ------------------------------------------------------------------------------------
-def test_a_database_outage_never_breaks_a_reply_is_logged_once_and_caught_up(fakes, caplog):
+def test_a_database_outage_never_breaks_a_reply_is_logged_once_and_caught_up(fakes, caplog, monkeypatch):
     """PostgreSQL stopped in the middle of a run: replies go on from memory, one warning
     on the "aicortex" logger, and after the restart the store gets every outcome."""
     from pgserver import PgServer
@@ -342,7 +342,7 @@ def test_a_database_outage_never_breaks_a_reply_is_logged_once_and_caught_up(fak
     caplog.set_level(logging.INFO, logger="aicortex")
     s0, s1, s2 = fakes(3)
     with PgServer() as pg:
-        pg.export_password()
+        monkeypatch.setenv("PGPASSWORD", pg.password)
         url = pg.create_database("outage")
         _fleet(url, [s0, s1, s2])
         client = Client(Registry(url, seed=False), spread_load=False, timeout=0.8)
