@@ -50,9 +50,14 @@ class PgUnavailable(RuntimeError):
 
 
 def find_bindir() -> Path:
-    """The directory holding ``initdb`` and ``postgres``; ``PgUnavailable`` if none."""
+    """The directory holding ``initdb`` and ``postgres``; ``PgUnavailable`` if none.
+    ``AICORTEX_PG_BIN``, when set, is the only place looked at."""
     env = os.environ.get("AICORTEX_PG_BIN")
-    candidates = [env] if env else []
+    if env:
+        if (Path(env) / "initdb").is_file() and (Path(env) / "postgres").is_file():
+            return Path(env)
+        raise PgUnavailable(f"no initdb/postgres in AICORTEX_PG_BIN={env}")
+    candidates: list[str] = []
     which = shutil.which("initdb")
     if which:
         candidates.append(str(Path(which).parent))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 _ENV_PREFIXES = ("AICORTEX_", "OLLAMA_")
-_KEEP = {"AICORTEX_REQUIRE_REAL", "AICORTEX_REALSTACK_HOME"}
+_KEEP = {"AICORTEX_REQUIRE_REAL", "AICORTEX_REALSTACK_HOME", "AICORTEX_PG_BIN"}
 
 
 @pytest.fixture(autouse=True)
