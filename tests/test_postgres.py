@@ -192,6 +192,24 @@ def test_registry_copy_moves_servers_models_health_and_bench_both_ways(pg_url, t
         assert len(pg.servers()) == 2
 
 
+def test_both_clients_take_a_postgresql_url_and_fail_over_on_it(pg_url, fakes, client_kind):
+    from conftest import make_client
+
+    s0, s1 = fakes(2)
+    _fleet(pg_url, [s0, s1], warm=[s0])
+    s0.push(Script(status=500))
+    client = make_client(client_kind, pg_url, spread_load=False)  # the client opens (and closes) the registry
+    try:
+        assert client.registry.url == pg_url
+        reply = client.chat("q", model=MODEL)
+        assert reply.server == s1.url and [a.server for a in reply.attempts] == [s0.url, s1.url]
+        assert reply.text == "".join(TOKENS)
+    finally:
+        client.close()
+    with Registry(pg_url, seed=False) as reg:  # written on close
+        assert reg.health(s0.url, MODEL).total_failures == 1 and reg.health(s1.url, MODEL).successes == 1
+
+
 # -- what processes share ---------------------------------------------------------------------------
 def test_another_processs_breaker_trip_reaches_this_process_within_a_second(pg_url, fakes, record_property):
     """Process B trips s0's breaker; process A (this one) stops sending to s0 by itself.
