@@ -10,14 +10,13 @@ neither httpx, aiohttp nor sqlite-utils: they are imported when the first client
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import builtins
 import os
 import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Iterable, Literal, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Literal, Mapping, Sequence, overload
 
 from ._config import Timeouts, env_model
 from ._exceptions import AICortexError, AllServersFailed, ConfigError, ModelNotFound
@@ -39,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._models import FleetModel
     from ._registry import Registry
     from ._routing import Route
+    from ._tools import ToolLoop
 
 __all__ = ["BaseClient", "Client", "AsyncClient", "chat", "generate", "embed", "models", "list_model_servers", "refresh", "DEFAULT_REFRESH_TTL_S"]
 
@@ -225,6 +225,7 @@ class BaseClient:
         messages: list[dict[str, Any]] | None = None,
         prompt: str = "",
         output_type: Any = None,
+        body: Mapping[str, Any] | None = None,
     ) -> Generator[str, "Route", ChatSession]:
         """Prepare one request: validate everything the caller gave (``ConfigError``
         before any request, here and not after ``start``), then receive the route for the
@@ -246,9 +247,51 @@ class BaseClient:
             headers=_server_headers(c.server for c in route.candidates + route.skipped),
             endpoint=endpoint,
             prompt=prompt,
+            body=body,
         )
         session.output_type = output_type
         return session
+
+    def _forward_session(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+    ) -> Generator[str, "Route", ChatSession]:
+        """Prepare a request whose whole Ollama body the caller built (the drop-in
+        :mod:`aicortex.ollama`, a gateway): ``body`` is sent as it is, with its own
+        ``stream`` value; a mid-stream continuation replaces only ``messages`` (chat) or
+        ``prompt`` (generate, ``raw`` only). See :meth:`_prepare`.
+
+        Raises:
+            ConfigError: ``body`` is not a JSON object with a ``model``, its ``messages``
+                is not a list of objects (chat) or its ``prompt`` not a string (generate).
+        """
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"the request body must be a JSON object, got {type(body).__name__}")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigError("the request body has no model: add \"model\": \"NAME\"")
+        request = {"format": body.get("format"), "raw": body.get("raw")}
+        if endpoint == "generate":
+            prompt = body.get("prompt") or ""
+            if not isinstance(prompt, str):
+                raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
+            return self._prepare(endpoint, model, on_midstream, timeout, request, prompt=prompt, body=body)
+        messages = body.get("messages") or []
+        if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
+            raise ConfigError("messages must be a list of message objects ({\"role\": ..., \"content\": ...})")
+        return self._prepare(endpoint, model, on_midstream, timeout, request, messages=list(messages), body=body)
+
+    def _direct_route(self) -> "Route":
+        """Every enabled server as a candidate, in registry order, with no discovery
+        and no breaker (a one-host drop-in client sends where it was told to)."""
+        from ._routing import Route
+
+        servers = [s for s in self._fleet.snapshot.servers if s.enabled]
+        return Route(candidates=[Candidate(server=s, warm=True) for s in servers])
 
     def _embed_plan(
         self,
@@ -331,8 +374,18 @@ _CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model
             model: model name (else the client's, else ``AICORTEX_MODEL``).
             stream: ``True`` returns a stream of events; ``False`` a :class:`Reply`.
             system: a system prompt, prepended as a system message.
-            options, format, think, keep_alive, tools: passed to Ollama /api/chat as is
+            options, format, think, keep_alive: passed to Ollama /api/chat as is
                 (Ollama ``docs/api.md``, "Generate a chat completion").
+            tools: Ollama tool dicts, or Python functions (their schema is built from the
+                signature and docstring).
+            run_tools: run the tool calls of each reply (the Python functions in
+                ``tools``), send the results back as ``tool`` messages and ask again,
+                until a reply has no tool call or ``max_tool_rounds`` rounds of calls ran
+                (default 8). Returns the final answer's :class:`Reply` with
+                ``tool_results`` and every round's ``attempts``; with ``stream=True``, a
+                stream of every round's events, one ``"tool_result"`` per call run and one
+                ``start``/``end`` for the whole loop. A tool that raises, or an unknown
+                tool name, is answered with the error's text (never raised).
             on_midstream: overrides the client's mid-stream policy for this request.
             timeout: overrides the client's :class:`Timeouts` for this request (a dict
                 changes only the fields it names; a number sets every per-attempt limit
@@ -352,7 +405,8 @@ _CHAT_DOC = """Send a chat to the fleet: the first healthy server with the model
         Raises:
             ConfigError: no model, an empty prompt, a malformed message list, a value
                 that is not JSON (e.g. in ``options``), an unknown ``include`` name, before
-                any request.
+                any request; with ``run_tools=True``, no tool given as a function, a bad
+                ``max_tool_rounds``, or (``Client`` only) an ``async def`` tool.
             InvalidOutput: with ``output_type``, a reply that does not validate.
             ModelNotFound: no enabled server lists the model.
             AllServersFailed: every candidate failed (``.attempts``), or every server was
@@ -695,6 +749,7 @@ class Client(BaseClient):
                     model=model, system=system, options=options, format=format, think=think, keep_alive=keep_alive,
                     tools=tools, on_midstream=on_midstream, timeout=timeout, servers=servers, output_type=output_type,
                     logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift,
+                    keep_events=keep_events, include=include,
                 ),
             )
         prep = self._session(
@@ -814,25 +869,46 @@ class Client(BaseClient):
         )
         return embed_sync(plan, self._transport, self._fleet, timeouts)
 
-    def _tool_loop(self, prompt: Any, stream: bool, rounds: int, kw: dict[str, Any]) -> Reply:
+    def _tool_loop(self, prompt: Any, stream: bool, rounds: int, kw: dict[str, Any]) -> "Reply | Stream":
         """``run_tools=True``: ask, run the tool calls of the reply, send the results back,
-        ask again, until a reply has no tool call or ``rounds`` rounds were run."""
-        from ._tools import run_tool_calls
-
+        ask again, until a reply has no tool call or ``rounds`` rounds of calls ran (the
+        flow is :func:`aicortex._tools.tool_loop_flow`). A :class:`ToolStream` with
+        ``stream=True``; else that stream read to its end, for its :class:`Reply`."""
         import inspect
 
-        messages, tools, functions = _tool_loop_start(prompt, stream, kw)
-        if any(inspect.iscoroutinefunction(f) for f in functions.values()):
+        from ._toolstream import ToolStream
+
+        loop, tools, keep, include = _tool_loop_start(prompt, rounds, kw)
+        if any(inspect.iscoroutinefunction(f) for f in loop.functions.values()):
             raise ConfigError("a tool is an async function: run it with AsyncClient, or pass a plain function")
-        done: list[dict[str, Any]] = []
-        for round_ in range(rounds + 1):
-            reply = self.chat(messages, stream=False, tools=tools, **kw)
-            if not reply.tool_calls or round_ == rounds:
-                return dataclasses.replace(reply, tool_results=tuple(done))
-            ran = run_tool_calls(reply.tool_calls, functions)
-            messages = [*messages, dict(reply.message), *(m for m, _ in ran)]
-            done.extend(_tool_record(call, result) for call, (_, result) in zip(reply.tool_calls, ran))
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def open_round(messages: builtins.list[dict[str, Any]]) -> Stream:
+            return self.chat(messages, stream=True, tools=tools, keep_events=False, **kw)
+
+        first = open_round(loop.messages)  # bad input, no such model: raised here, at the call
+        keep = (self.keep_events if keep is None else keep) and stream
+        s = ToolStream(loop, first, open_round, keep_events=keep, include=include)
+        if stream:
+            return s
+        with s:
+            return s.reply()
+
+    def _forward(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        stream: bool,
+        direct: bool = False,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        keep_events: bool | None = None,
+    ) -> Reply | Stream:
+        """Send a caller-built Ollama body (``/api/chat`` or ``/api/generate``) with
+        failover; ``direct=True`` skips discovery and routing (every enabled server in
+        registry order). Returns a :class:`Stream` (``stream=True``) or a :class:`Reply`."""
+        prep = self._forward_session(endpoint, body, on_midstream=on_midstream, timeout=timeout)
+        return self._run(prep, stream, None, keep_events, None, direct=direct)
 
     def _run(
         self,
@@ -841,10 +917,11 @@ class Client(BaseClient):
         servers: Sequence[str] | None,
         keep_events: bool | None,
         include: "str | Sequence[str] | None",
+        direct: bool = False,
     ) -> Reply | Stream:
         wanted = event_filter(include)
         name = next(prep)
-        route = self.route(name)
+        route = self._direct_route() if direct else self.route(name)
         if servers is not None:
             route = self._pinned(route, name, servers)
         session = _finish(prep, route)
@@ -1038,13 +1115,14 @@ class AsyncClient(BaseClient):
         top_logprobs: int | None = None,
         truncate: bool | None = None,
         shift: bool | None = None,
-    ) -> "ChatCall | Awaitable[Reply]":
+    ) -> "ChatCall":
         if run_tools:
             return self._tool_loop(
                 prompt, stream, max_tool_rounds, dict(
                     model=model, system=system, options=options, format=format, think=think, keep_alive=keep_alive,
                     tools=tools, on_midstream=on_midstream, timeout=timeout, servers=servers, output_type=output_type,
                     logprobs=logprobs, top_logprobs=top_logprobs, truncate=truncate, shift=shift,
+                    keep_events=keep_events, include=include,
                 ),
             )
         prep = self._session(
@@ -1061,30 +1139,34 @@ class AsyncClient(BaseClient):
         ``stream=True``, the :class:`AsyncStream`), or use it as ``async with`` (streams).
         """
 
-    async def _tool_loop(self, prompt: Any, stream: bool, rounds: int, kw: dict[str, Any]) -> Reply:
-        """As :meth:`Client._tool_loop`; a tool that is a coroutine function is awaited."""
-        import inspect
+    def _forward(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        stream: bool,
+        direct: bool = False,
+        on_midstream: MidstreamPolicy | None = None,
+        timeout: "Timeouts | float | dict[str, float | None] | None" = None,
+        keep_events: bool | None = None,
+    ) -> "ChatCall":
+        """As :meth:`Client._forward`, awaited (or ``async with`` for a stream)."""
+        prep = self._forward_session(endpoint, body, on_midstream=on_midstream, timeout=timeout)
+        keep = self.keep_events if keep_events is None else keep_events
+        return ChatCall(self, prep, stream=stream, servers=None, keep_events=keep and stream, direct=direct)
 
-        from ._tools import run_tool_calls, tool_content
+    def _tool_loop(self, prompt: Any, stream: bool, rounds: int, kw: dict[str, Any]) -> "ChatCall":
+        """As :meth:`Client._tool_loop`, with an :class:`AsyncToolStream`; a tool that is
+        a coroutine function is awaited."""
+        loop, tools, keep, include = _tool_loop_start(prompt, rounds, kw)
 
-        messages, tools, functions = _tool_loop_start(prompt, stream, kw)
-        done: list[dict[str, Any]] = []
-        for round_ in range(rounds + 1):
-            reply = await self.chat(messages, stream=False, tools=tools, **kw)
-            assert isinstance(reply, Reply)
-            if not reply.tool_calls or round_ == rounds:
-                return dataclasses.replace(reply, tool_results=tuple(done))
-            ran = run_tool_calls(reply.tool_calls, functions)
-            for i, (message, result) in enumerate(ran):
-                if inspect.isawaitable(result):
-                    try:
-                        result = await result
-                    except Exception as exc:  # the user's coroutine failed: the model is told why
-                        result = f"error: {type(exc).__name__}: {exc}"
-                    ran[i] = ({**message, "content": tool_content(result)}, result)
-            messages = [*messages, dict(reply.message), *(m for m, _ in ran)]
-            done.extend(_tool_record(call, result) for call, (_, result) in zip(reply.tool_calls, ran))
-        raise AssertionError("unreachable")  # pragma: no cover
+        def call(messages: builtins.list[dict[str, Any]]) -> ChatCall:
+            made = self.chat(messages, stream=True, tools=tools, keep_events=False, **kw)
+            assert isinstance(made, ChatCall)
+            return made
+
+        keep = (self.keep_events if keep is None else keep) and stream
+        return _ToolChatCall(loop, call(loop.messages), call, stream=stream, keep_events=keep, include=include)
 
     async def embed(
         self,
@@ -1151,25 +1233,27 @@ class AsyncClient(BaseClient):
         """
 
 
-def _tool_loop_start(prompt: Any, stream: bool, kw: dict[str, Any]) -> tuple[list[dict[str, Any]], Any, dict[str, Any]]:
-    """The messages, tool schemas and functions of a ``run_tools=True`` call (shared by
-    both clients)."""
-    from ._tools import prepare_tools
+def _tool_loop_start(
+    prompt: Any, rounds: Any, kw: dict[str, Any]
+) -> "tuple[ToolLoop, Any, bool | None, frozenset[str] | None]":
+    """The :class:`~aicortex._tools.ToolLoop`, tool schemas, ``keep_events`` and
+    ``include`` of a ``run_tools=True`` call (shared by both clients); ``kw`` keeps the
+    arguments of each round's chat.
 
-    if stream:
-        raise ConfigError("run_tools=True returns the final Reply: pass stream=False (the rounds run in between)")
+    Raises:
+        ConfigError: no tool given as a Python function, a bad ``max_tool_rounds`` or
+            ``include``, a malformed prompt.
+    """
+    from ._tools import ToolLoop, check_rounds, prepare_tools
+
     if kw.get("servers") is None:
         kw.pop("servers", None)
+    keep, include = kw.pop("keep_events"), event_filter(kw.pop("include"))
     tools, functions = prepare_tools(kw.pop("tools"))
     if not functions:
         raise ConfigError("run_tools=True needs tools given as Python functions (tools=[get_weather, ...])")
-    messages = build_messages(prompt, kw.pop("system"))
-    return messages, tools, functions
-
-
-def _tool_record(call: Mapping[str, Any], result: Any) -> dict[str, Any]:
-    fn = call.get("function") or {}
-    return {"name": fn.get("name"), "arguments": fn.get("arguments"), "id": call.get("id"), "result": result}
+    loop = ToolLoop(build_messages(prompt, kw.pop("system")), functions, check_rounds(rounds))
+    return loop, tools, keep, include
 
 
 class ChatCall:
@@ -1179,15 +1263,16 @@ class ChatCall:
     def __init__(
         self, client: AsyncClient, prep: Generator[str, "Route", ChatSession], *, stream: bool,
         servers: Sequence[str] | None, keep_events: bool, include: "frozenset[str] | None" = None,
+        direct: bool = False,
     ) -> None:
         self._client, self._prep, self._stream, self._servers, self._keep = client, prep, stream, servers, keep_events
-        self._include = include
+        self._include, self._direct = include, direct
         self._name = next(prep)  # validation errors are raised at the call, as in Client.chat
         self._open: AsyncStream | None = None
 
     async def _make(self) -> AsyncStream:
         client = self._client
-        route = await client.route(self._name)
+        route = client._direct_route() if self._direct else await client.route(self._name)
         if self._servers is not None:
             import asyncio
 
@@ -1215,6 +1300,31 @@ class ChatCall:
     async def __aexit__(self, *exc: object) -> None:
         if self._open is not None:
             await self._open.aclose()
+
+
+class _ToolChatCall(ChatCall):
+    """The pending result of :meth:`AsyncClient.chat` with ``run_tools=True``: as
+    :class:`ChatCall`, giving an :class:`~aicortex._toolstream.AsyncToolStream` (or, awaited
+    without ``stream=True``, the loop's final :class:`Reply`)."""
+
+    def __init__(
+        self, loop: "ToolLoop", first: ChatCall, open_round: Callable[[builtins.list[dict[str, Any]]], ChatCall], *,
+        stream: bool, keep_events: bool, include: "frozenset[str] | None",
+    ) -> None:
+        self._loop, self._first, self._open_round = loop, first, open_round
+        self._stream, self._keep, self._include = stream, keep_events, include
+        self._open: AsyncStream | None = None
+
+    async def _make(self) -> AsyncStream:
+        from ._toolstream import AsyncToolStream
+
+        open_round = self._open_round
+
+        async def opened(messages: builtins.list[dict[str, Any]]) -> AsyncStream:
+            return await open_round(messages)._make()
+
+        first = await self._first._make()
+        return AsyncToolStream(self._loop, first, opened, keep_events=self._keep, include=self._include)
 
 
 def _format(format: "str | Mapping[str, Any] | None", output_type: Any) -> "str | Mapping[str, Any] | None":

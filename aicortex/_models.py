@@ -30,16 +30,24 @@ class StreamEvent:
             complete call from ``message.tool_calls``), ``"error"`` (an attempt failed;
             ``content`` is the reason, ``server`` the server), ``"meta"`` (failover
             notices, ``meta={"failover": "restart" | "continue", ...}``), ``"reset"``
-            (the text so far is discarded: the reply restarts), ``"end"`` (once, last,
-            only when a reply completed). ``"tool_result"`` is reserved.
+            (the text so far is discarded: the reply restarts), ``"tool_result"`` (with
+            ``run_tools=True``: one tool call that was run), ``"end"`` (once, last, only
+            when a reply completed; a tool loop has one ``start`` and one ``end`` in all,
+            and a ``"meta"`` event ``{"tool_round": n}`` where its round ``n`` starts).
         content: token or thinking text; the message for ``"error"``; ``""`` otherwise.
-        index: 0-based token number across the reply for ``"token"``; ``None`` otherwise.
-        tool_name, tool_args: for ``"tool_call"``: function name and argument object.
-        tool_result: reserved for ``"tool_result"``.
-        meta: extra data (``"meta"``, ``"start"``, ``"end"``, ``"error"``) or ``None``.
+        index: 0-based token number across the reply for ``"token"`` (in a tool loop,
+            across its round); ``None`` otherwise.
+        tool_name, tool_args: for ``"tool_call"`` and ``"tool_result"``: function name and
+            argument object.
+        tool_result: for ``"tool_result"``: the value the function returned, or the
+            error's text (``"error: ValueError: ..."``, ``"error: no tool named 'x'"``;
+            then ``meta["error"]`` is ``True``); ``content`` is the text sent to the model.
+        meta: extra data (``"meta"``, ``"start"``, ``"end"``, ``"error"``, ``"tool_call"``,
+            ``"tool_result"``) or ``None``.
         timestamp: Unix seconds when aicortex produced the event.
         server: URL of the server the event came from; ``None`` for ``"start"``.
-        attempt: 1-based number of the attempt the event belongs to.
+        attempt: 1-based number of the attempt the event belongs to (in a tool loop,
+            within its round).
         logprobs: for ``"token"`` when ``logprobs=True`` was asked: Ollama's entries for the
             tokens of this chunk (``{"token", "logprob", "top_logprobs"?}``), else ``None``.
     """
@@ -192,8 +200,10 @@ class Reply:
             ``{"role": "assistant", "content": str, "thinking"?: str, "tool_calls"?: list}``.
         usage: server-reported figures of the final chunk, or ``None``.
         server: URL of the server that produced the reply.
-        attempts: every attempt in order, the last one successful.
-        ttft_s: seconds from the request to the first content/thinking chunk.
+        attempts: every attempt in order, the last one successful (with
+            ``run_tools=True``, every round's, each round numbering its own from 1).
+        ttft_s: seconds from the request to the first content/thinking chunk (with
+            ``run_tools=True``, the first round's first output, a tool call included).
         tokens_per_second: client-measured tokens/s after the first token, or ``None``.
         model: the model name asked for.
         context: for :meth:`~aicortex.Client.generate` without ``raw``, Ollama's final

@@ -113,6 +113,10 @@ class ChatSession:
         timeouts: a :class:`~aicortex.Timeouts`.
         policy: what to do after a failure once output was emitted.
         request: extra body fields: options, format, think, keep_alive, tools.
+        body: a whole request body to send as it is (a gateway's or the drop-in
+            client's); a continuation replaces only its ``messages`` (chat) or
+            ``prompt`` (generate). ``messages``, ``prompt`` and ``request["format"]`` /
+            ``["raw"]`` must still describe it.
         skipped: servers left out because their breaker is open (named in errors).
         headers: ``{url: extra headers}`` for servers that need their own (resolved
             ``Server.headers_env``).
@@ -136,10 +140,14 @@ class ChatSession:
         headers: Mapping[str, Mapping[str, str]] | None = None,
         endpoint: str = "chat",
         prompt: str = "",
+        body: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.model = model
+        #: The caller's own request body, sent as it is (only ``messages`` / ``prompt``
+        #: change, for a continuation); ``None``: the body is built from ``request``.
+        self.body = None if body is None else dict(body)
         self.messages = [dict(m) for m in messages]
         #: ``"chat"`` (/api/chat, ``messages``) or ``"generate"`` (/api/generate, ``prompt``).
         self.endpoint = endpoint
@@ -365,12 +373,18 @@ class ChatSession:
         mode = self._resume
         if self.endpoint == "generate":
             prompt = self.prompt + self.text if mode == "continue" else self.prompt
-            body = build_generate_body(self.model, prompt, **self.request)
+            if self.body is not None:
+                body = {**self.body, "prompt": prompt} if mode == "continue" else dict(self.body)
+            else:
+                body = build_generate_body(self.model, prompt, **self.request)
         else:
             messages = self.messages
             if mode == "continue":
                 messages = continuation_messages(self.messages, self.text)
-            body = build_chat_body(self.model, messages, **self.request)
+            if self.body is not None:
+                body = {**self.body, "messages": messages} if mode == "continue" else dict(self.body)
+            else:
+                body = build_chat_body(self.model, messages, **self.request)
         t = self.timeouts
         first = t.first_token if cand.warm else t.first_token_cold
         plan = AttemptPlan(

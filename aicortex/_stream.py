@@ -188,7 +188,9 @@ class _Results:
             )
         return s.text
 
-    def _make_reply(self) -> Reply:
+    def _make_reply(self, validate: bool = True) -> Reply:
+        """The complete reply; ``validate=False`` leaves ``output`` unset (a tool loop's
+        rounds: only the last one's text is the answer)."""
         s = self._session
         text = self._result_text()
         return Reply(
@@ -202,7 +204,7 @@ class _Results:
             model=s.model,
             context=s.context,
             logprobs=tuple(s._logprobs),
-            output=self._validated(text),
+            output=self._validated(text) if validate else None,
         )
 
     def _validated(self, text: str) -> Any:

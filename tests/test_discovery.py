@@ -57,21 +57,22 @@ def test_a_server_listing_no_models_is_up_with_an_empty_list(registry):
 
 def test_fifty_servers_ten_blackholed_are_probed_concurrently(registry):
     """10 servers whose connects hang cost about one connect timeout in all, not ten."""
-    connect_s = 0.5
+    connect_s = 1.0  # the blackholes' cost; the real servers answer in milliseconds (a loaded machine: seconds)
     with contextlib.ExitStack() as stack:
         fakes = [stack.enter_context(FakeOllama(models=[f"m{i % 3}"])) for i in range(40)]
         holes = [stack.enter_context(blackhole_listener()) for _ in range(10)]
         for i, url in enumerate([f.url for f in fakes] + holes):
             registry.add(url, name=f"s{i}")
-        with Client(registry, timeout=Timeouts(connect=connect_s), probe_timeout_s=2) as client:
+        with Client(registry, timeout=Timeouts(connect=connect_s), probe_timeout_s=15) as client:
             t0 = time.perf_counter()
             report = client.refresh(max_workers=64)
             elapsed = time.perf_counter() - t0
     assert (report.up, report.down) == (40, 10)
     assert all("connect timeout" in r.error for r in report.results if not r.ok)
     assert report.models == ["m0:latest", "m1:latest", "m2:latest"]
-    # Serially this would be >= 10 x 0.5 s; concurrently it is about one timeout.
-    assert elapsed < 4 * connect_s, elapsed
+    # Serially this would be >= 10 connect timeouts; concurrently it is about one (the
+    # bound leaves a loaded machine five timeouts of slack).
+    assert elapsed < 6 * connect_s, elapsed
 
 
 def test_stale_registry_is_refreshed_before_use_after_the_ttl(tmp_path):

@@ -158,8 +158,8 @@ def test_run_tools_tells_the_model_about_a_failing_or_unknown_tool_and_stops_aft
     reply = client.chat("go", model=M, tools=[broken], run_tools=True, max_tool_rounds=2)
     assert reply.tool_calls  # still asking for tools after 2 rounds: returned as it is
     assert [r["result"] for r in reply.tool_results] == ["error: ValueError: no", "error: no tool named 'nope'"] * 2
-    with pytest.raises(ConfigError):
-        client.chat("go", model=M, tools=[broken], run_tools=True, stream=True)
+    with pytest.raises(ConfigError, match="max_tool_rounds"):
+        client.chat("go", model=M, tools=[broken], run_tools=True, max_tool_rounds=-1)
 
 
 def test_async_client_awaits_coroutine_tools(one, client_kind):

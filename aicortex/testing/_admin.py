@@ -1,7 +1,7 @@
 """FakeOllama routes beyond chat and generate: embeddings and model management.
 
 ``POST /api/embed``, ``POST /api/embeddings`` (legacy), ``POST /api/pull``,
-``DELETE /api/delete`` and ``POST /api/copy``, with the shapes, content types
+``DELETE /api/delete``, ``POST /api/copy``, ``POST /api/create`` and ``POST /api/push``, with the shapes, content types
 and error texts of Ollama's ``server/routes.go`` (``EmbedHandler``,
 ``EmbeddingsHandler``, ``PullHandler``, ``DeleteHandler``, ``CopyHandler``).
 
@@ -191,3 +191,32 @@ def copy(conn: Connection, req: Request, rec: MutableRecord, body: dict[str, Any
         return conn.reply_json(req, rec, 404, {"error": f"model {go_quote(source)} not found"})
     fake._add_pulled(destination)
     return conn.reply(req, rec, 200, None, b"")
+
+
+def create_or_push(conn: Connection, req: Request, rec: MutableRecord, body: dict[str, Any], *, push: bool) -> bool:
+    """``POST /api/create`` (a model ``from`` one the fake lists: it lists the new name
+    afterwards) or ``POST /api/push`` (of a model it lists): progress lines ending in
+    ``{"status": "success"}`` (only that one for ``stream:false``), or 404/400 as
+    Ollama's ``server/routes.go`` answers a missing source or name."""
+    fake = conn.fake
+    name = body.get("model") or body.get("name") or ""
+    if not isinstance(name, str) or not name.strip():
+        return conn.reply_json(req, rec, 400, {"error": "model is required"})
+    source = name if push else body.get("from")
+    if push or source:
+        if not isinstance(source, str) or find_model(source, fake.models) is None:
+            return conn.reply_json(req, rec, 404, {"error": f"model '{source}' not found"})
+    if push:
+        steps = [{"status": "retrieving manifest"}, {"status": "pushing manifest"}]
+    else:
+        steps = [{"status": "reading model metadata"}, {"status": "creating system layer"}, {"status": "writing manifest"}]
+    if not push:
+        fake._add_pulled(name)
+    if body.get("stream", True) is False:
+        return conn.reply_json(req, rec, 200, {"status": "success"}, _JSON_NO_CHARSET)
+    out = conn.stream(req, rec)
+    for step in steps:
+        out.line(step)
+    out.line({"status": "success"})
+    out.end()
+    return out.keep_alive

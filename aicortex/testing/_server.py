@@ -51,6 +51,8 @@ _ROUTES = {
     "/api/pull": ("POST",),
     "/api/delete": ("DELETE",),
     "/api/copy": ("POST",),
+    "/api/create": ("POST",),
+    "/api/push": ("POST",),
 }
 _GO_TYPES = {
     "/api/chat": "ChatRequest",
@@ -60,6 +62,8 @@ _GO_TYPES = {
     "/api/pull": "PullRequest",
     "/api/delete": "DeleteRequest",
     "/api/copy": "CopyRequest",
+    "/api/create": "CreateRequest",
+    "/api/push": "PushRequest",
 }
 
 
@@ -403,6 +407,8 @@ class Connection:
             return _admin.delete(self, req, rec, body)
         if path == "/api/copy":
             return _admin.copy(self, req, rec, body)
+        if path in ("/api/create", "/api/push"):
+            return _admin.create_or_push(self, req, rec, body, push=path == "/api/push")
         return self.generate(req, rec, "chat" if path == "/api/chat" else "generate", body)
 
     def _parse_body(self, req: Request, path: str) -> tuple[dict[str, Any], tuple[int, str] | None]:
