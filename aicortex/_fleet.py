@@ -90,6 +90,7 @@ class FleetView:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._leased = False
         self._pending: list[Outcome] = []
+        self._flushing = threading.Lock()  # one flush at a time; flush() waits for the background one
         self._prefill: dict[tuple[str, str], bool] = {}
         self._routes = RouteCache()  # each model's candidate order, fixed up as health changes
         self._version: int | None = None
@@ -209,7 +210,13 @@ class FleetView:
 
     def flush(self) -> bool:
         """Write the pending outcomes to the store in one transaction (kept on failure).
-        ``False`` when the store failed (logged and counted)."""
+        ``False`` when the store failed (logged and counted). When it returns, every
+        outcome recorded before the call is written (or kept after a failure): a flush
+        under way in the background thread is waited for."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             batch, self._pending = self._pending, []
         if not batch:
