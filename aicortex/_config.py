@@ -1,7 +1,8 @@
 """Settings, and the only place that reads environment variables.
 
 Environment variables:
-    ``AICORTEX_DB``      registry file (default: ``servers.db`` in the user data directory)
+    ``AICORTEX_DB``      registry file (default: ``servers.db`` in the user data directory),
+                         or a ``postgresql://`` URL
     ``AICORTEX_MODEL``   model used when ``chat()`` gets none
     ``OLLAMA_HOST``      seeds an empty registry (default ``http://127.0.0.1:11434``)
     per-server header variables, named in the registry (``servers add --header-env``)
@@ -36,6 +37,7 @@ __all__ = [
     "env_ollama_host",
     "mask_url",
     "looks_like_url",
+    "is_postgres_url",
     "short_error",
     "MAX_ERROR_CHARS",
     "check_headers_env",
@@ -139,6 +141,16 @@ def looks_like_url(value: object) -> bool:
     (True, False, False)
     """
     return isinstance(value, str) and value.lstrip().lower().startswith(("http://", "https://"))
+
+
+def is_postgres_url(value: object) -> bool:
+    """True for a ``str`` that starts with ``postgresql://`` or ``postgres://`` (any case,
+    leading blanks ignored): a registry in PostgreSQL rather than an SQLite file.
+
+    >>> is_postgres_url("postgresql://app@db1/fleet"), is_postgres_url("servers.db")
+    (True, False)
+    """
+    return isinstance(value, str) and value.lstrip().lower().startswith(("postgresql://", "postgres://"))
 
 
 #: Longest server error text kept in the registry (``servers.last_error``,

@@ -9,10 +9,20 @@ thread (and on close); the view reloads what other processes wrote about once a 
 outcome is lost either way. This is the two-tier cache of LiteLLM's ``DualCache``
 (in-memory + shared store, re-synced every second), with SQLite as the shared tier.
 
+With a PostgreSQL store (``_store_postgres.py``) the view also shares what several
+machines need to agree on: it wakes at once when the store notifies a change (``LISTEN
+aicortex``), a circuit breaker that opens or closes here is written at once rather than
+with the next batch (so other processes learn it within about a second), and this
+process's in-flight counts are written as leases that expire (``LEASE_S``) while the
+other processes' counts are read back and added to routing's least-outstanding order.
+
 A storage failure (read-only file, a lock held past the busy timeout, disk full, a closed
 registry) never breaks, delays or stops a reply: it is logged through
 ``logging.getLogger("aicortex")`` (a warning the first time for each kind, then debug)
-and counted in :attr:`FleetView.storage_errors`; the view goes on from memory.
+and counted in :attr:`FleetView.storage_errors`; the view goes on from memory. One
+outage is one warning: while the store keeps failing, further failures are logged at
+debug level, and when a whole sync succeeds again (pending outcomes written, the store
+read) an info line says so and the next failure warns again.
 
 The half-open trial stays one per fleet across processes: it is claimed in memory
 first, then in the store from a worker thread, waiting at most ``CLAIM_WAIT_S``; when the
@@ -23,15 +33,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
+import socket
 import threading
+import uuid
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from ._exceptions import AICortexError
 from ._health import Health, Outcome, outcome_changes, try_claim
 from ._hedge import TTFT_WINDOWS
 from ._protocol import model_key
+from ._routing import RouteCache
 from ._store import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,19 +87,31 @@ class FleetView:
         self._health: dict[tuple[str, str], Health] = {}
         self._claims: dict[tuple[str, str], Health] = {}  # local trial claims, re-applied on reload
         self._inflight: dict[str, int] = {}
+        self._remote: dict[str, int] = {}  # other processes' in-flight counts (store leases)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._leased = False
         self._pending: list[Outcome] = []
+        self._flushing = threading.Lock()  # one flush at a time; flush() waits for the background one
         self._prefill: dict[tuple[str, str], bool] = {}
-        self._cands: dict[tuple[int, bool, str], Candidate] = {}  # routing's Candidate cache
+        self._routes = RouteCache()  # each model's candidate order, fixed up as health changes
         self._version: int | None = None
         self._writes = -1  # the store's write_count at the last reload
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._logged: set[str] = set()
+        self._failing: set[str] = set()  # what has failed since the store last worked
         self.storage_errors = 0
         self.dropped_outcomes = 0
         self.reload()
+        self._subscribed: Callable[[], None] | None = None
+        subscribe = getattr(store, "subscribe", None)
+        if subscribe is not None:  # the store tells when another process changed it
+            self._subscribed = self._wake.set
+            try:
+                subscribe(self._subscribed)
+            except Exception as exc:  # pragma: no cover - the once-a-second poll stays
+                self._storage_failed("subscribe", exc)
         self._ensure_thread()
 
     # -- reading ---------------------------------------------------------------------------
@@ -94,15 +120,16 @@ class FleetView:
         """The last snapshot read from the store."""
         return self._snap
 
-    def reload(self) -> None:
-        """Read the store now (the pending outcomes and local claims are replayed on top)."""
+    def reload(self) -> bool:
+        """Read the store now (the pending outcomes and local claims are replayed on top).
+        ``False`` when the store failed (logged and counted; the view is kept)."""
         try:
             writes = self._store.write_count
             version = self._store.data_version()
             snap = self._store.snapshot()
         except AICortexError as exc:
             self._storage_failed("read", exc)
-            return
+            return False
         with self._lock:
             health = dict(snap.health)
             for o in self._pending:
@@ -114,26 +141,20 @@ class FleetView:
                 elif ((health.get(key) or Health()).open_until or 0.0) < claim.open_until:
                     health[key] = claim
             self._snap, self._health, self._version, self._writes = snap, health, version, writes
-            self._cands = {}
+            self._routes.reset()
+        return True
 
     def route(self, model: str, *, now: float, rng: "random.Random | None" = None) -> "Route":
-        """Candidates for ``model`` in try order (see :func:`aicortex._routing.order_candidates`)."""
-        from ._routing import order_candidates
-
+        """Candidates for ``model`` in try order (see :func:`aicortex._routing.order_candidates`;
+        kept per model by a :class:`~aicortex._routing.RouteCache`, so the cost hardly
+        grows with the number of servers)."""
         self._ensure_thread()
         if self._store.write_count != self._writes:
             self.sync()  # this process changed the registry (added a server, refreshed...)
         key = model_key(model)
         entries = self._snap.entries.get(key, ())
-        health = self._health
-        pairs: dict[str, tuple[Health | None, Health | None]] = {}
-        if health:
-            for server, _ in entries:
-                url = server.url
-                srv, mod = health.get((url, "")), health.get((url, key))
-                if srv is not None or mod is not None:
-                    pairs[url] = (srv, mod)
-        return order_candidates(entries, pairs, now=now, rng=rng, inflight=self._inflight, cache=self._cands)
+        inflight: Mapping[str, int] = self._inflight if not self._remote else _Sum(self._inflight, self._remote)
+        return self._routes.route(key, entries, self._health, now=now, rng=rng, inflight=inflight)
 
     def health(self, url: str, model: str = "") -> Health:
         """The in-memory health of a server (``model=""``) or (server, model)."""
@@ -144,6 +165,7 @@ class FleetView:
         """A request to ``url`` is in flight."""
         with self._lock:
             self._inflight[url] = self._inflight.get(url, 0) + 1
+        self._routes.touch(url)
 
     def end(self, url: str) -> None:
         """A request to ``url`` ended."""
@@ -153,10 +175,16 @@ class FleetView:
                 self._inflight[url] = n
             else:
                 self._inflight.pop(url, None)
+        self._routes.touch(url)
 
     def inflight(self, url: str) -> int:
         """Requests of this process in flight to ``url``."""
         return self._inflight.get(url, 0)
+
+    def inflight_elsewhere(self, url: str) -> int:
+        """Requests of *other* processes in flight to ``url``, as their leases in the store
+        said at the last sync (0 for a store without leases, such as SQLite)."""
+        return self._remote.get(url, 0)
 
     # -- outcomes --------------------------------------------------------------------------
     def record(self, outcome: Outcome) -> None:
@@ -168,6 +196,8 @@ class FleetView:
                 TTFT_WINDOWS.add(outcome.server, outcome.model, outcome.ttft_s)  # hedging's p95 (_hedge)
             with self._lock:
                 changes = _apply(self._health, outcome)
+                for record, _, _ in changes:
+                    self._routes.touch(outcome.server, record)
                 for record, _ in outcome_changes(outcome):
                     self._claims.pop((outcome.server, record), None)
                 self._pending.append(outcome)
@@ -175,16 +205,25 @@ class FleetView:
                     del self._pending[0]
                     self.dropped_outcomes += 1
             self._ensure_thread()
+            if any(new.failures != old.failures or new.open_until != old.open_until for _, old, new in changes):
+                self._wake.set()  # a breaker opened, closed or was claimed: tell the fleet now
             _log_outcome(outcome, changes)
         except Exception as exc:  # bookkeeping never hurts a reply
             self._storage_failed("record", exc)
 
-    def flush(self) -> None:
-        """Write the pending outcomes to the store in one transaction (kept on failure)."""
+    def flush(self) -> bool:
+        """Write the pending outcomes to the store in one transaction (kept on failure).
+        ``False`` when the store failed (logged and counted). When it returns, every
+        outcome recorded before the call is written (or kept after a failure): a flush
+        under way in the background thread is waited for."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             batch, self._pending = self._pending, []
         if not batch:
-            return
+            return True
         try:
             self._store.apply_outcomes(batch)
         except Exception as exc:
@@ -195,18 +234,43 @@ class FleetView:
                 if excess > 0:
                     del self._pending[:excess]
                     self.dropped_outcomes += excess
+            return False
+        return True
 
     def sync(self) -> None:
         """One background step: write pending outcomes, reload if the store changed."""
         wrote = bool(self._pending)
-        self.flush()
+        ok = self.flush()
         try:
             changed = wrote or self._store.data_version() != self._version
         except Exception as exc:
             self._storage_failed("read", exc)
             return
         if changed:
-            self.reload()
+            ok = self.reload() and ok
+        ok = self._sync_leases() and ok
+        if ok and self._failing:
+            self._failing.clear()
+            logger.info("aicortex: the registry answers again; what this process recorded meanwhile is written")
+
+    def _sync_leases(self, counts: "dict[str, int] | None" = None) -> bool:
+        """Write this process's in-flight counts as leases and read the other processes'
+        (stores that have ``sync_inflight``: PostgreSQL)."""
+        sync_inflight = getattr(self._store, "sync_inflight", None)
+        if sync_inflight is None:
+            return True
+        try:
+            remote = sync_inflight(self._owner, dict(self._inflight) if counts is None else counts)
+            old, self._remote = self._remote, remote
+            for url in set(old) | set(remote):
+                if old.get(url) != remote.get(url):
+                    self._routes.touch(url)
+            self._leased = True
+        except Exception as exc:
+            self._leased = False
+            self._storage_failed("lease", exc)
+            return False
+        return True
 
     # -- half-open trials --------------------------------------------------------------------
     def admit_local(self, url: str, model: str) -> bool:
@@ -220,6 +284,7 @@ class FleetView:
             for record, h in zip(("", key), new):
                 if h is not None:
                     self._health[(url, record)] = self._claims[(url, record)] = h
+                    self._routes.touch(url, record)
         return ok
 
     def claim_in_store(self, url: str, model: str) -> "concurrent.futures.Future[bool]":
@@ -314,15 +379,21 @@ class FleetView:
             self._thread.join()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._subscribed is not None:
+            unsubscribe = getattr(self._store, "unsubscribe", None)
+            if unsubscribe is not None:
+                unsubscribe(self._subscribed)
         self.flush()
+        if self._leased:
+            self._sync_leases({})  # give this process's leases back
 
     def _storage_failed(self, what: str, exc: BaseException) -> None:
         self.storage_errors += 1
-        key = f"{what}:{type(exc).__name__}"
-        if key in self._logged:
+        if self._failing:  # the same outage: said already
+            self._failing.add(what)
             logger.debug("aicortex: registry %s failed again: %s", what, exc)
             return
-        self._logged.add(key)
+        self._failing.add(what)
         logger.warning("aicortex: registry %s failed (replies go on from memory): %s", what, exc)
 
 
@@ -356,6 +427,7 @@ def _run(ref: "weakref.ref[FleetView]", wake: threading.Event, every: float) -> 
     """The background writer: sync every ``every`` seconds until the view closes or is dropped."""
     while True:
         wake.wait(every)
+        wake.clear()  # set again by a notification or a breaker change while syncing
         view = ref()
         if view is None or view._closed:
             return
@@ -365,3 +437,26 @@ def _run(ref: "weakref.ref[FleetView]", wake: threading.Event, every: float) -> 
             view._storage_failed("sync", exc)
         del view
 
+
+class _Sum(Mapping[str, int]):
+    """This process's in-flight counts plus the other processes' (read-only view)."""
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: Mapping[str, int], b: Mapping[str, int]) -> None:
+        self._a, self._b = a, b
+
+    def __getitem__(self, key: str) -> int:
+        if key not in self._a and key not in self._b:
+            raise KeyError(key)
+        return self._a.get(key, 0) + self._b.get(key, 0)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        n = self._a.get(key, 0) + self._b.get(key, 0)
+        return n if n or key in self._a or key in self._b else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self._a) | set(self._b))
+
+    def __len__(self) -> int:
+        return len(set(self._a) | set(self._b))

@@ -40,6 +40,7 @@ from ._config import (
     MAX_ERROR_CHARS,
     env_ollama_host,
     env_registry_path,
+    is_postgres_url,
     looks_like_url,
     mask_url,
     normalize_url,
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._health import Outcome
     from ._store import Snapshot
 
-__all__ = ["Registry", "MIGRATIONS", "BUSY_TIMEOUT_S"]
+__all__ = ["Registry", "MIGRATIONS", "BUSY_TIMEOUT_S", "copy_registry"]
 
 #: How long a writer waits for another process's lock before "database is locked".
 BUSY_TIMEOUT_S = 10.0
@@ -188,6 +189,22 @@ class Registry:
         RegistryError: the file is not an SQLite database, or cannot be created; or
             ``create=False`` and there is no file. The file is left untouched.
     """
+
+    def __new__(
+        cls,
+        path: str | os.PathLike[str] | sqlite_utils.Database | None = None,
+        *,
+        seed: bool = True,
+        create: bool = True,
+    ) -> "Registry":
+        # The registry location chooses the store: a postgresql:// URL is a PostgresRegistry.
+        if cls is Registry and is_postgres_url(path if path is not None else env_registry_path()):
+            try:
+                from ._store_postgres import PostgresRegistry
+            except ImportError as exc:  # pragma: no cover - psycopg is there but broken
+                raise ConfigError(f"a postgresql:// registry needs 'aicortex[postgres]': {exc}") from exc
+            return super().__new__(PostgresRegistry)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -812,3 +829,46 @@ def _default_name(url: str) -> str:
     rest = url.split("://", 1)[-1]
     return rest.rstrip("/")
 
+
+#: Tables copied by :func:`copy_registry`, each keyed by ``server_id`` (``servers`` first).
+_COPIED = ("models", "health", "bench")
+
+
+def copy_registry(src: Registry, dst: Registry) -> dict[str, int]:
+    """Copy every server of ``src``, with its model list, health records (circuit
+    breakers, EWMA metrics) and bench figures, and the last refresh time, into ``dst``:
+    SQLite to PostgreSQL, PostgreSQL to SQLite, or alike. ``src`` is only read; ``dst``
+    is written in one transaction (all or nothing).
+
+    Returns ``{"servers": n, "models": n, "health": n, "bench": n}``: rows copied.
+
+    Raises:
+        RegistryError: a server of ``src`` (by URL or name) is already in ``dst`` (nothing
+            is copied), or either store failed.
+    """
+    with src._wrap():
+        servers = list(src.db.query("select * from servers order by id"))
+        rows = {t: list(src.db.query(f"select * from {t} order by server_id")) for t in _COPIED}
+        last_refresh = src._meta("last_refresh_at")
+    counts = {"servers": len(servers), **{t: len(r) for t, r in rows.items()}}
+    with dst._wrap(write=True):
+        clash = [
+            r["name"]
+            for s in servers
+            for r in dst.db.query("select name from servers where url = ? or name = ?", [s["url"], s["name"]])
+        ]
+        if clash:
+            raise RegistryError(
+                f"{len(clash)} server(s) of the source are already in the destination ({', '.join(clash[:5])}): "
+                "nothing was copied; remove them there first (`aicortex servers remove`) or copy into a new registry"
+            )
+        ids: dict[int, int] = {}
+        for s in servers:
+            old = s.pop("id")
+            dst.db.table("servers").insert(s)
+            ids[old] = next(iter(dst.db.query("select id from servers where url = ?", [s["url"]])))["id"]
+        for table, table_rows in rows.items():
+            dst.db.table(table).insert_all({**r, "server_id": ids[r["server_id"]]} for r in table_rows)
+        if last_refresh is not None and float(dst._meta("last_refresh_at") or 0) < float(last_refresh):
+            dst._set_meta("last_refresh_at", last_refresh)
+    return counts

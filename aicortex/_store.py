@@ -1,9 +1,17 @@
 """The store interface: what the in-memory fleet view needs from persistent storage.
 
-:class:`~aicortex.Registry` (SQLite, ``_registry.py``) implements it; a PostgreSQL
-store would be one more module beside it. The request path never calls a store: the
-fleet view (``_fleet.py``) reads a :class:`Snapshot` about once a second and writes
-outcomes in batches from one background thread.
+:class:`~aicortex.Registry` (SQLite, ``_registry.py``) implements it, and so does its
+subclass ``PostgresRegistry`` (``_store_postgres.py``, chosen by a ``postgresql://``
+location). The request path never calls a store: the fleet view (``_fleet.py``) reads a
+:class:`Snapshot` about once a second and writes outcomes in batches from one background
+thread.
+
+A store shared by several machines may also have (the fleet view uses them when present):
+
+* ``subscribe(callback)`` / ``unsubscribe(callback)``: call ``callback()`` after every
+  change by any process (PostgreSQL: ``LISTEN``/``NOTIFY``), so views reload at once;
+* ``sync_inflight(owner, {url: requests}) -> {url: requests}``: write this process's
+  in-flight counts as leases that expire, and read the other processes' counts.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ class Snapshot:
 
 
 class Store(Protocol):
-    """Persistent fleet state shared by processes (SQLite today).
+    """Persistent fleet state shared by processes (SQLite, or PostgreSQL across machines).
 
     Every method may raise :class:`~aicortex.RegistryError`; the fleet view logs and
     counts it and goes on from memory.

@@ -17,10 +17,12 @@ Commands::
     aicortex warm MODEL [--server S]... [--keep-alive D] [--json]
     aicortex unload MODEL [--server S]... [--json]
     aicortex top [--interval S] [--once]
+    aicortex registry copy SOURCE DESTINATION [--json]
 
 ``--db PATH`` goes before the command (``aicortex --db PATH models``, env
 ``AICORTEX_DB``) or after it (``aicortex models --db PATH``, which wins); default:
-``servers.db`` in the user data directory. Only ``servers add`` creates a registry (and
+``servers.db`` in the user data directory; a ``postgresql://user@host/db`` URL instead of
+a path is a registry in PostgreSQL (``pip install 'aicortex[postgres]'``). Only ``servers add`` creates a registry (and
 its folder); every other command on a missing file exits 1 saying so. Library errors
 (:class:`~aicortex.AICortexError`) become ``click.ClickException``: the library's
 message on stderr, exit status 1; usage errors exit 2; Ctrl-C during ``chat`` exits 130.
@@ -66,7 +68,7 @@ def db_option(fn: F) -> F:
         type=click.Path(dir_okay=False, path_type=str),
         metavar="PATH",
         default=None,
-        help="Registry file (also `aicortex --db PATH COMMAND`; env AICORTEX_DB; "
+        help="Registry file or postgresql:// URL (also `aicortex --db PATH COMMAND`; env AICORTEX_DB; "
         "default: servers.db in the user data directory).",
     )(fn)
 
@@ -226,8 +228,8 @@ def _echo_json(obj: Any) -> None:
     envvar="AICORTEX_DB",
     metavar="PATH",
     default=None,
-    help="Registry file for every command (env AICORTEX_DB; a command's own --db wins; "
-    "default: servers.db in the user data directory).",
+    help="Registry file or postgresql://user@host/db URL for every command (env AICORTEX_DB; "
+    "a command's own --db wins; default: servers.db in the user data directory).",
 )
 def cli(db: str | None) -> None:
     """aicortex: talk to many Ollama servers as if they were one.
@@ -241,6 +243,47 @@ def cli(db: str | None) -> None:
         aicortex models
         aicortex chat -m llama3.2 "Why is the sky blue?"
     """
+
+
+def _where(reg: "Registry") -> str:
+    """A registry's location for messages: its file, or its URL without credentials."""
+    return str(reg.path) if reg.path is not None else str(getattr(reg, "url", ":memory:"))
+
+
+# -- registry -------------------------------------------------------------------------------------
+@cli.group(name="registry")
+def registry_group() -> None:
+    """Move a registry between stores (SQLite files and PostgreSQL databases)."""
+
+
+@registry_group.command(name="copy")
+@click.argument("source")
+@click.argument("destination")
+@json_option
+def registry_copy(source: str, destination: str, as_json: bool) -> None:
+    """Copy every server of SOURCE, with its models, circuit breakers, EWMA metrics and
+    bench figures, into DESTINATION (created if missing, never seeded).
+
+    Each is a registry file or a postgresql://user@host[:port]/dbname URL (the password
+    comes from PGPASSWORD or ~/.pgpass). SOURCE is only read; DESTINATION must not hold
+    any of SOURCE's servers (nothing is copied then).
+
+    \b
+        aicortex registry copy ~/.local/share/aicortex/servers.db postgresql://app@db1/fleet
+        aicortex registry copy postgresql://app@db1/fleet backup.db
+    """
+    from ._registry import copy_registry
+
+    with open_registry(source) as src, open_registry(destination, create=True) as dst:
+        counts = copy_registry(src, dst)
+        where = (_where(src), _where(dst))
+    if as_json:
+        click.echo(json.dumps({"source": where[0], "destination": where[1], **counts}))
+        return
+    click.echo(
+        f"Copied {counts['servers']} servers ({counts['models']} models, {counts['health']} health records, "
+        f"{counts['bench']} bench rows) from {where[0]} to {where[1]}."
+    )
 
 
 # -- servers --------------------------------------------------------------------------------------
@@ -315,7 +358,7 @@ def servers_add(
         if seeded is not None:
             seed = reg.get(seeded)
             click.echo(
-                f"{PREFIX} new registry {reg.path}: also added {_label(seed)} from OLLAMA_HOST "
+                f"{PREFIX} new registry {_where(reg)}: also added {_label(seed)} from OLLAMA_HOST "
                 f"(default http://127.0.0.1:11434); `aicortex servers remove {seed.name}` to drop it "
                 "(--no-seed to skip it when creating a registry)",
                 err=True,
@@ -914,13 +957,14 @@ if __name__ == "__main__":  # pragma: no cover
 def top(interval: float, once: bool, db: str | None) -> None:
     """A live view of the fleet, refreshed every second until Ctrl-C.
 
-    Per server: up/down (its /api/ps, asked now), circuit breaker, loaded models, TTFT
-    p50/p95 (the last `aicortex bench`: this command sends no chat), EWMA TTFT and
-    tokens/s from the registry. Needs rich: pip install 'aicortex[top]'.
+    Per server: up/down (its /api/ps, asked now), circuit breaker, loaded models,
+    requests in flight (every process's, with a PostgreSQL registry), TTFT p50/p95 (the
+    last `aicortex bench`: this command sends no chat), EWMA TTFT and tokens/s from the
+    registry. Needs rich: pip install 'aicortex[top]'.
     """
     from ._config import Timeouts
     from ._exceptions import ConfigError
-    from .top import run
+    from .top import run, shares_inflight
 
     try:
         import rich  # noqa: F401
@@ -929,6 +973,6 @@ def top(interval: float, once: bool, db: str | None) -> None:
     limits = Timeouts(connect=1.0, first_token=1.0, first_token_cold=1.0, stall=1.0)
     with open_client(db, timeout=limits, probe_timeout_s=1.0, refresh_ttl_s=None) as client:
         try:
-            run(client, interval_s=interval, once=once, inflight=False)
+            run(client, interval_s=interval, once=once, inflight=shares_inflight(client))
         except ConfigError as exc:  # pragma: no cover - rich checked above
             raise click.ClickException(str(exc)) from exc

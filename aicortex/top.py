@@ -7,8 +7,10 @@ One row per registered server, refreshed every second:
 * **breaker**: the worst circuit breaker of the server and its (server, model) records in
   the registry: ``closed``, ``open 12s`` (cooldown left), ``half-open``;
 * **loaded**: the models that ``/api/ps`` lists as loaded (warm) right now;
-* **in-flight**: requests to it in flight from *this process* (a standalone ``aicortex
-  top`` sends none and shows ``-``; :func:`run` inside your application shows its own);
+* **in-flight**: requests to it in flight from this process plus, with a registry that
+  shares them (PostgreSQL: every process's in-flight counts are leases in the store), from
+  every other process; a standalone ``aicortex top`` on an SQLite registry cannot see
+  other processes' requests and shows ``-``;
 * **TTFT p50 / p95**: from this process's window of recent TTFTs per server (the one
   hedged requests use, :data:`aicortex._hedge.TTFT_WINDOWS`, marked ``r``) when the
   process has made requests; otherwise from the registry's latest ``aicortex bench`` of
@@ -35,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._client import AsyncClient, BaseClient, Client
     from ._fleetops import PsReport
 
-__all__ = ["ServerRow", "Frame", "collect", "acollect", "render", "render_text", "run"]
+__all__ = ["ServerRow", "Frame", "collect", "acollect", "render", "render_text", "run", "shares_inflight"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class ServerRow:
         breaker: ``"closed"``, ``"open"`` or ``"half-open"`` (the worst of the server's
             records); ``cooldown_s``: seconds of cooldown left when open.
         loaded: models loaded right now (``/api/ps``).
-        inflight: requests of this process in flight to it (``None``: not shown).
+        inflight: requests in flight to it: this process's, plus every other process's
+            where the registry shares them (PostgreSQL); ``None``: not shown.
         ttft_p50_s, ttft_p95_s: TTFT quantiles, seconds; ``ttft_source``: ``"recent"``
             (this process's window, ``samples`` TTFTs), ``"bench"`` (the last ``aicortex
             bench``) or ``""`` (none).
@@ -82,10 +85,16 @@ class Frame:
     rows: tuple[ServerRow, ...]
 
 
+def shares_inflight(client: "BaseClient") -> bool:
+    """The client's registry shares every process's in-flight counts (PostgreSQL leases)."""
+    return callable(getattr(client.registry, "sync_inflight", None))
+
+
 def collect(client: "Client", *, inflight: bool = True) -> Frame:
     """Read the registry (now) and ask every enabled server's ``/api/ps`` (concurrently,
     bounded by the client's connect and probe timeouts); never raises for a server that
     does not answer. ``inflight=False`` leaves the in-flight column out."""
+    client.fleet.sync()  # other processes' in-flight leases, where the store has them
     client.fleet.reload()
     report = client.ps() if _enabled(client) else None
     return _frame(client, report, inflight)
@@ -96,6 +105,7 @@ async def acollect(client: "AsyncClient", *, inflight: bool = True) -> Frame:
     event loop)."""
     import asyncio
 
+    await asyncio.to_thread(client.fleet.sync)
     await asyncio.to_thread(client.fleet.reload)
     report = await client.ps() if _enabled(client) else None
     return _frame(client, report, inflight)
@@ -145,7 +155,7 @@ def _frame(client: "BaseClient", report: "PsReport | None", inflight: bool) -> F
                 breaker=breaker,
                 cooldown_s=None if until is None else max(0.0, until - now),
                 loaded=tuple(loaded.get(url, ())),
-                inflight=fleet.inflight(url) if inflight else None,
+                inflight=fleet.inflight(url) + fleet.inflight_elsewhere(url) if inflight else None,
                 ttft_p50_s=p50,
                 ttft_p95_s=p95,
                 ttft_source=source,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark 9, delayed hedged requests: TTFT percentiles and extra attempts, hedging off vs on.
+"""Benchmark 10, delayed hedged requests: TTFT percentiles and extra attempts, hedging off vs on.
 
 Four loopback FakeOllama servers in this process, the model warm on all of them. Each
 server answers from a queue of scripts in which 3 % wait ``SLOW_S`` (2 s) before their
@@ -160,7 +160,7 @@ def run(quick: bool = False, requests: int | None = None, kinds: tuple[str, ...]
     ]
     return {
         "name": "hedge",
-        "title": "Benchmark 9: delayed hedged requests (TTFT with 3 % slow first tokens)",
+        "title": "Benchmark 10: delayed hedged requests (TTFT with 3 % slow first tokens)",
         "columns": COLUMNS,
         "rows": rows,
         "display_rows": display,

@@ -5,9 +5,9 @@
     python benchmarks/run_all.py --quick    # tiny inputs (the smoke test's sizes), seconds
     python benchmarks/run_all.py --only stream,import
 
-Benchmarks: import (2), stream (1), failover (3), hedge (9), concurrency (4), async (6),
-percall (7), real (5). Results go to benchmarks/results/<name>.json (gitignored) and a summary to
-results/summary.json.
+Benchmarks: import (2), stream (1), failover (3), concurrency (4), async (6), percall (7),
+real (5), scale (9), hedge (10). Results go to benchmarks/results/<name>.json (gitignored)
+and a summary to results/summary.json.
 Exit status 1 if a benchmark crashed; missed targets are reported, not failures.
 """
 
@@ -31,6 +31,7 @@ import bench_hedge  # noqa: E402
 import bench_import  # noqa: E402
 import bench_percall  # noqa: E402
 import bench_real  # noqa: E402
+import bench_scale  # noqa: E402
 import bench_stream  # noqa: E402
 import _common  # noqa: E402
 from _common import emit, machine  # noqa: E402
@@ -45,6 +46,7 @@ BENCHMARKS = {
     "percall": bench_percall.run,
     "embed": bench_embed.run,
     "real": bench_real.run,
+    "scale": bench_scale.run,
 }
 
 

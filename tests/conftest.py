@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 _ENV_PREFIXES = ("AICORTEX_", "OLLAMA_")
-_KEEP = {"AICORTEX_REQUIRE_REAL", "AICORTEX_REALSTACK_HOME"}
+_KEEP = {"AICORTEX_REQUIRE_REAL", "AICORTEX_REALSTACK_HOME", "AICORTEX_PG_BIN"}
 
 
 @pytest.fixture(autouse=True)
@@ -266,3 +266,62 @@ class OrderedFleet:
             f.stop()
 
 
+
+
+# -- a real PostgreSQL server for the PostgreSQL registry (scripts/pgserver.py) --------------------
+def _pg_unavailable(reason: str) -> None:
+    """Skip with the reason; with AICORTEX_REQUIRE_REAL=1 (as CI sets it) fail instead."""
+    if os.environ.get("AICORTEX_REQUIRE_REAL") == "1":
+        pytest.fail(f"PostgreSQL unavailable (AICORTEX_REQUIRE_REAL=1): {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL unavailable: {reason}")
+
+
+_PG: dict = {}
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session: initdb into a temp dir, listening on
+    127.0.0.1 on a free port, its password in PGPASSWORD; stopped by its PID at the end."""
+    if "error" in _PG:
+        _pg_unavailable(_PG["error"])
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        _PG["error"] = f"psycopg is not installed ({exc}): pip install -e '.[test]'"
+        _pg_unavailable(_PG["error"])
+    from pgserver import PgServer, PgUnavailable
+
+    try:
+        server = PgServer().start()
+    except PgUnavailable as exc:
+        _PG["error"] = exc.reason
+        _pg_unavailable(exc.reason)
+    old = os.environ.get("PGPASSWORD")
+    server.export_password()
+    yield server
+    server.cleanup()
+    if old is None:
+        os.environ.pop("PGPASSWORD", None)
+    else:
+        os.environ["PGPASSWORD"] = old
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database on the session's PostgreSQL server; its URL (no password)."""
+    _PG["n"] = _PG.get("n", 0) + 1
+    name = f"t{os.getpid()}_{_PG['n']}"
+    url = pg_server.create_database(name)
+    yield url
+    pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request, tmp_path):
+    """A registry location that does not exist yet, once per store: an SQLite file path,
+    then a fresh PostgreSQL database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "reg" / "servers.db")
+    return request.getfixturevalue("pg_url")

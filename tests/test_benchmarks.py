@@ -225,3 +225,14 @@ def test_embed(tmp_path, capsys):
     assert [r[2] for r in data["rows"]] == [200] * 4  # every consumer embedded every input
     assert "identical to the official client's, in input order: True" in out
     assert data["targets"]["speedup_sync"] > 0
+
+
+def test_scale(pg_server, tmp_path, capsys):
+    import bench_scale
+
+    result = bench_scale.run(quick=True, servers=30, models=4, routes=100)
+    out, data = _emit(result, tmp_path, capsys)
+    _check_table(out, result["columns"], 2)
+    assert [r[0] for r in data["rows"]] == ["SQLite", "PostgreSQL (+ leases of another process)"]
+    assert all(r[1] == 30 and r[2] == 4 and r[-1] == 29 for r in data["rows"])  # all but the one in cooldown
+    assert "requests in flight elsewhere" in out and data["targets"]["route_p99_ms"] > 0

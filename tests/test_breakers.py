@@ -1,5 +1,6 @@
 """Circuit breakers, backoff, deadlines and cold/warm timeouts, end to end against
-FakeOllama, with breaker state shared through the registry file."""
+FakeOllama, with breaker state shared through the registry: each test runs once per
+store (an SQLite file, then a PostgreSQL database: conftest's ``store_location``)."""
 
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ def _expire_cooldown(client, url, model=""):
     client.registry.update_health(url, model, lambda h: dataclasses.replace(h, open_until=time.time() - 0.01))
 
 
-def test_a_server_in_cooldown_is_not_contacted_until_its_half_open_trial(fakes, tmp_path):
+def test_a_server_in_cooldown_is_not_contacted_until_its_half_open_trial(fakes, store_location):
     s0, s1 = fakes(2)
-    client = _client(tmp_path / "r.db", [s0, s1])
+    client = _client(store_location, [s0, s1])
     s0.push(Script(status=500))
     assert client.chat("q", model=MODEL).server == s1.url
     assert client.fleet.health(s0.url, MODEL).failures == 1
@@ -73,9 +74,9 @@ def test_a_server_in_cooldown_is_not_contacted_until_its_half_open_trial(fakes, 
     client.registry.close()
 
 
-def test_a_failed_trial_reopens_with_a_longer_cooldown(fakes, tmp_path):
+def test_a_failed_trial_reopens_with_a_longer_cooldown(fakes, store_location):
     s0, s1 = fakes(2)
-    client = _client(tmp_path / "r.db", [s0, s1])
+    client = _client(store_location, [s0, s1])
     s0.kill()
     client.chat("q", model=MODEL)
     first = client.fleet.health(s0.url)
@@ -88,9 +89,9 @@ def test_a_failed_trial_reopens_with_a_longer_cooldown(fakes, tmp_path):
     client.registry.close()
 
 
-def test_when_every_candidate_is_in_cooldown_the_soonest_is_tried(fakes, tmp_path):
+def test_when_every_candidate_is_in_cooldown_the_soonest_is_tried(fakes, store_location):
     (s0,) = fakes(1)
-    client = _client(tmp_path / "r.db", [s0])
+    client = _client(store_location, [s0])
     s0.push(Script(status=500))
     with pytest.raises(Exception):
         client.chat("q", model=MODEL)
@@ -99,9 +100,9 @@ def test_when_every_candidate_is_in_cooldown_the_soonest_is_tried(fakes, tmp_pat
     client.registry.close()
 
 
-def test_two_processes_share_breaker_state_through_the_registry_file(fakes, tmp_path):
+def test_two_processes_share_breaker_state_through_the_registry_file(fakes, store_location):
     s0, s1 = fakes(2)
-    db = tmp_path / "shared.db"
+    db = store_location
     client = _client(db, [s0, s1])
     s0.kill()
     other = textwrap.dedent(f"""
@@ -124,9 +125,9 @@ def test_two_processes_share_breaker_state_through_the_registry_file(fakes, tmp_
     client.registry.close()
 
 
-def test_server_busy_is_a_short_backoff_not_a_trip(fakes, tmp_path):
+def test_server_busy_is_a_short_backoff_not_a_trip(fakes, store_location):
     s0, s1 = fakes(2)
-    client = _client(tmp_path / "r.db", [s0, s1])
+    client = _client(store_location, [s0, s1])
     s0.push(Script(status=503))
     assert client.chat("q", model=MODEL).server == s1.url
     h = client.fleet.health(s0.url)
@@ -137,9 +138,9 @@ def test_server_busy_is_a_short_backoff_not_a_trip(fakes, tmp_path):
     client.registry.close()
 
 
-def test_breaking_out_of_a_stream_is_no_penalty(fakes, tmp_path):
+def test_breaking_out_of_a_stream_is_no_penalty(fakes, store_location):
     (s0,) = fakes(1, script=Script(tokens=TOKENS * 20, token_delay=0.02))
-    client = _client(tmp_path / "r.db", [s0])
+    client = _client(store_location, [s0])
     for event in client.chat("q", model=MODEL, stream=True):
         if event.type == "token":
             break
@@ -151,9 +152,9 @@ def test_breaking_out_of_a_stream_is_no_penalty(fakes, tmp_path):
     client.registry.close()
 
 
-def test_success_records_ewma_metrics(fakes, tmp_path):
+def test_success_records_ewma_metrics(fakes, store_location):
     (s0,) = fakes(1)
-    client = _client(tmp_path / "r.db", [s0])
+    client = _client(store_location, [s0])
     client.chat("q", model=MODEL)
     client.chat("q", model=MODEL)
     h = client.fleet.health(s0.url, MODEL)
@@ -162,9 +163,9 @@ def test_success_records_ewma_metrics(fakes, tmp_path):
     client.registry.close()
 
 
-def test_deadline_ends_the_request_and_says_so(fakes, tmp_path):
+def test_deadline_ends_the_request_and_says_so(fakes, store_location):
     s0, s1 = fakes(2, script=Script(blackhole=True))
-    client = _client(tmp_path / "r.db", [s0, s1], timeout=Timeouts(connect=1, first_token=5, first_token_cold=5, stall=5, deadline=0.6))
+    client = _client(store_location, [s0, s1], timeout=Timeouts(connect=1, first_token=5, first_token_cold=5, stall=5, deadline=0.6))
     t0 = time.perf_counter()
     stream = client.chat("q", model=MODEL, stream=True)
     with pytest.raises(DeadlineExceeded, match="deadline of 0.6 s") as info:
@@ -176,11 +177,11 @@ def test_deadline_ends_the_request_and_says_so(fakes, tmp_path):
     client.registry.close()
 
 
-def test_cold_models_get_the_longer_first_token_timeout(fakes, tmp_path):
+def test_cold_models_get_the_longer_first_token_timeout(fakes, store_location):
     warm, cold = fakes(2, script=Script(tokens=TOKENS, first_token_delay=0.6))
     cold.loaded = []
     timeouts = Timeouts(connect=1, first_token=0.3, first_token_cold=3, stall=1)
-    client = _client(tmp_path / "r.db", [warm, cold], timeout=timeouts)
+    client = _client(store_location, [warm, cold], timeout=timeouts)
     stream = client.chat("q", model=MODEL, stream=True)
     events = list(stream)
     err = next(e for e in events if e.type == "error")
@@ -190,9 +191,9 @@ def test_cold_models_get_the_longer_first_token_timeout(fakes, tmp_path):
     client.registry.close()
 
 
-def test_many_threads_share_one_client_and_registry_file(fakes, tmp_path):
+def test_many_threads_share_one_client_and_registry_file(fakes, store_location):
     s0, s1 = fakes(2)
-    client = _client(tmp_path / "r.db", [s0, s1])
+    client = _client(store_location, [s0, s1])
     s0.kill()
     errors, texts = [], []
 
@@ -213,12 +214,12 @@ def test_many_threads_share_one_client_and_registry_file(fakes, tmp_path):
     client.registry.close()
 
 
-def test_another_processs_breaker_trip_reaches_this_process_by_itself(fakes, tmp_path):
+def test_another_processs_breaker_trip_reaches_this_process_by_itself(fakes, store_location):
     """The fleet view reloads what other processes wrote about once a second, with no
     call from the caller: after another process trips s0's breaker, this process stops
     sending to s0 on its own."""
     s0, s1 = fakes(2)
-    db = tmp_path / "shared.db"
+    db = store_location
     client = _client(db, [s0, s1])
     s0.kill()
     other = textwrap.dedent(f"""

@@ -1,4 +1,7 @@
-"""The SQLite registry: CRUD, validation, seeding, refresh results, corrupt files, sharing."""
+"""The registry: CRUD, validation, seeding, refresh results, corrupt files, sharing.
+
+Tests taking ``registry`` run once per store: SQLite (in memory) and PostgreSQL (a fresh
+database on the suite's own server, see conftest's ``pg_server``)."""
 
 import sqlite3
 
@@ -6,6 +9,27 @@ import pytest
 import sqlite_utils
 
 from aicortex import ConfigError, InvalidURL, ModelEntry, Registry, RegistryError
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry(request):
+    """A fresh, unseeded registry: SQLite in memory, then PostgreSQL."""
+    reg = Registry.memory() if request.param == "sqlite" else Registry(request.getfixturevalue("pg_url"), seed=False)
+    yield reg
+    reg.close()
+
+
+def _scalar(registry, sql):
+    """The first column of the first row of ``sql``, on either store."""
+    with registry._wrap():
+        return next(iter(next(iter(registry.db.query(sql))).values()))
+
+
+def _columns(registry, table):
+    if registry.path is None and registry.__class__ is not Registry:  # PostgreSQL
+        sql = f"select string_agg(column_name, ',') from information_schema.columns where table_schema = 'aicortex' and table_name = '{table}'"
+        return set(_scalar(registry, sql).split(","))
+    return {c.name for c in registry.db[table].columns}
 
 
 def test_add_list_enable_disable_remove(registry):
@@ -91,7 +115,8 @@ def test_a_file_that_is_not_sqlite_is_a_clear_error_and_left_untouched(tmp_path)
 
 
 def test_registry_stores_no_secret_columns(registry):
-    cols = {c.name for t in ("servers", "models", "meta") for c in registry.db[t].columns}
+    cols = {c for t in ("servers", "models", "meta", "health", "bench") for c in _columns(registry, t)}
+    assert {"url", "headers_env", "ewma_ttft_s"} <= cols
     assert not {"token", "password", "api_key", "authorization"} & cols
     with pytest.raises(InvalidURL, match="credentials"):
         registry.add("http://user:secret@gpu1:11434")
@@ -201,7 +226,7 @@ def test_headers_env_is_stored_as_names_never_values(registry, monkeypatch):
     s = registry.add("http://gpu1:11434", name="gpu1", headers_env={"Authorization": "GPU1_TOKEN"})
     assert s.headers_env == {"Authorization": "GPU1_TOKEN"}
     assert registry.add("http://gpu2:1", name="gpu2").headers_env == {}
-    raw = registry.db.execute("select headers_env from servers where name = 'gpu1'").fetchone()[0]
+    raw = _scalar(registry, "select headers_env from servers where name = 'gpu1'")
     assert raw == '{"Authorization": "GPU1_TOKEN"}' and "s3cr3t" not in raw
     assert registry.servers()[0].headers_env == {"Authorization": "GPU1_TOKEN"}
     s = registry.set_headers_env("gpu1", {"X-Api-Key": "GPU1_KEY", "Authorization": "GPU1_TOKEN"})

@@ -292,3 +292,44 @@ def test_review_text_after_a_failed_stream_raises_again(fleet):
         s.text()
     with pytest.raises(AllServersFailed):  # before the fix: returns "ab"
         s.reply()
+
+
+# 13. _fleet.py FleetView.flush: a breaker change wakes the background thread, which takes the
+#     pending outcomes and writes them; a flush() called meanwhile found nothing pending and
+#     returned before that write was committed, so the registry did not yet show what the
+#     caller had just flushed (seen as a flaky test_server_busy_is_a_short_backoff_not_a_trip).
+def test_flush_waits_for_a_background_flush_under_way():
+    from aicortex import Registry
+    from aicortex._fleet import FleetView
+    from aicortex._health import Outcome
+
+    class SlowStore:
+        def __init__(self, reg):
+            self.reg, self.started, self.release = reg, threading.Event(), threading.Event()
+
+        def __getattr__(self, name):
+            return getattr(self.reg, name)
+
+        def apply_outcomes(self, outcomes):
+            self.started.set()
+            assert self.release.wait(10)
+            self.reg.apply_outcomes(outcomes)
+
+    reg = Registry.memory()
+    reg.add("http://gpu1:11434")
+    store = SlowStore(reg)
+    view = FleetView(store, reload_s=3600)
+    try:
+        view.record(Outcome(server="http://gpu1:11434", model="m", kind="failure", scope="server", at=time.time(), error="x"))
+        assert store.started.wait(10)  # the background thread is writing the batch
+        done = threading.Event()
+        waiter = threading.Thread(target=lambda: (view.flush(), done.set()))
+        waiter.start()
+        assert not done.wait(0.3)  # before the fix: returns at once, nothing written yet
+        store.release.set()
+        waiter.join(10)
+        assert done.is_set() and reg.health("http://gpu1:11434").failures == 1
+    finally:
+        store.release.set()
+        view.close()
+        reg.close()

@@ -129,3 +129,33 @@ def test_the_command_prints_one_frame(tmp_path):
     assert result.exit_code == 0, result.output
     assert "gpu1" in result.output and "up" in result.output and "llama3.2:latest" in result.output
     assert "1 of 1 servers up" in result.output
+
+
+def test_with_a_postgresql_registry_in_flight_counts_every_process(pg_url):
+    """Another process's request in flight (its lease in PostgreSQL) shows in a view that
+    sent nothing itself; on SQLite the standalone view cannot know, and says '-'."""
+    import threading
+
+    from aicortex.top import shares_inflight
+
+    with FakeOllama(models=[MODEL], script=Script(tokens=TOKENS, first_token_delay=3.0)) as slow:
+        with Registry(pg_url, seed=False) as reg:
+            reg.add(slow.url, name="slow")
+        busy = Client(pg_url, refresh_ttl_s=None, timeout=10)  # "another process"
+        viewer = Client(pg_url, refresh_ttl_s=None, probe_timeout_s=1.0)
+        try:
+            busy.refresh()
+            stream = busy.chat("Why?", model=MODEL, stream=True)
+            reader = threading.Thread(target=lambda: [None for _ in stream], daemon=True)
+            reader.start()
+            assert slow.wait_for_requests(1, "/api/chat")
+            busy.fleet.sync()  # its lease is written (the background writer does it every second)
+            assert shares_inflight(viewer)
+            row = _row(collect(viewer), "slow")
+            assert row.inflight == 1 and viewer.fleet.inflight(slow.url) == 0
+            reader.join(15)  # the reply ends after its 3 s first token
+            assert stream.complete
+        finally:
+            busy.close()
+            viewer.close()
+    assert not shares_inflight(Client(Registry.memory()))
