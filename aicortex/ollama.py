@@ -682,7 +682,10 @@ class Client(_Base):
 
     def _stream_or_json(self, path: str, body: dict[str, Any], stream: bool) -> Any:
         if not stream:
-            return _json_reply(ProgressResponse, self._raw("POST", path, body))
+            try:
+                return _json_reply(ProgressResponse, self._raw("POST", path, body))
+            except AICortexError as exc:  # the server's HTTP error: a ResponseError, as there
+                _raise(exc)
         return self._lines(path, body)
 
     def _lines(self, path: str, body: dict[str, Any]) -> Iterator[Any]:
@@ -919,7 +922,10 @@ class AsyncClient(_Base):
 
     async def _stream_or_json(self, path: str, body: dict[str, Any], stream: bool) -> Any:
         if not stream:
-            return _json_reply(ProgressResponse, await self._raw("POST", path, body))
+            try:
+                return _json_reply(ProgressResponse, await self._raw("POST", path, body))
+            except AICortexError as exc:  # the server's HTTP error: a ResponseError, as there
+                _raise(exc)
         return self._lines(path, body)
 
     async def _lines(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:

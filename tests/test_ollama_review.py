@@ -1,0 +1,89 @@
+"""aicortex.ollama against code written for the official client: errors, hostile replies,
+host and timeout forms, found by running both clients side by side on loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import threading
+from collections.abc import Iterator
+
+import ollama as official
+import pytest
+
+from aicortex import AICortexError
+from aicortex import ollama as ao
+from aicortex.testing import FakeOllama, Script
+
+
+@contextlib.contextmanager
+def raw_server(replies: dict[str, tuple[int, str, bytes]]) -> Iterator[str]:
+    """A loopback HTTP server answering each path with a fixed (status, content type,
+    body): replies no FakeOllama script gives (hostile progress lines)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            status, ctype, body = replies.get(self.path, (404, "application/json", b'{"error":"not found"}'))
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _answer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _both_raise(call, url: str) -> tuple[BaseException, BaseException]:
+    """The exceptions the official client and the drop-in raise for the same call."""
+    raised = []
+    for module in (official, ao):
+        with module.Client(url) as client:
+            with pytest.raises(Exception) as info:
+                call(client)
+        raised.append(info.value)
+    return raised[0], raised[1]
+
+
+# -- one host: pull / push / create without stream= ------------------------------------------
+@pytest.mark.parametrize("call", [
+    lambda c: c.pull("nope"),
+    lambda c: c.push("missing"),
+    lambda c: c.create("mario", from_="missing"),
+], ids=["pull", "push", "create"])
+def test_one_host_unstreamed_operation_errors_are_response_errors(call):
+    with FakeOllama(models=["llama3.2"]) as fake:
+        fake.pull_errors = {"nope": "pull model manifest: file does not exist"}
+        theirs, ours = _both_raise(call, fake.url)
+    assert isinstance(theirs, official.ResponseError)
+    assert isinstance(ours, official.ResponseError) and isinstance(ours, AICortexError)
+    assert (ours.error, ours.status_code) == (theirs.error, theirs.status_code)
+
+
+def test_async_one_host_unstreamed_pull_error_is_a_response_error():
+    async def main(url):
+        async with ao.AsyncClient(url) as client:
+            await client.pull("nope")
+
+    with FakeOllama(models=["llama3.2"]) as fake:
+        fake.pull_errors = {"nope": "pull model manifest: file does not exist"}
+        with pytest.raises(official.ResponseError) as info:
+            asyncio.run(main(fake.url))
+    assert info.value.error == "pull model manifest: file does not exist" and info.value.status_code == 500
