@@ -70,6 +70,7 @@ from ._exceptions import (
     ConnectTimeout,
     HTTPStatusError,
     ModelNotFound,
+    OllamaError,
     ServerError,
 )
 from ._fleetops import in_order
@@ -173,7 +174,11 @@ def _translate(exc: BaseException) -> BaseException:
         last = errors[-1] if errors else None
         if isinstance(last, HTTPStatusError):
             return ResponseError(last.error or last.reason, last.status_code, attempts=exc.attempts)
+        if isinstance(last, OllamaError) and last.error:  # an {"error": ...} line: the server's text, as there
+            return ResponseError(last.error, -1, attempts=exc.attempts)
         return ResponseError(str(exc), -1, attempts=exc.attempts)
+    if isinstance(exc, OllamaError) and exc.error:
+        return ResponseError(exc.error, -1)
     if isinstance(exc, ServerError) and not isinstance(exc, (ConnectError, builtins.TimeoutError)):
         return ResponseError(exc.reason, -1)
     return exc

@@ -87,3 +87,30 @@ def test_async_one_host_unstreamed_pull_error_is_a_response_error():
         with pytest.raises(official.ResponseError) as info:
             asyncio.run(main(fake.url))
     assert info.value.error == "pull model manifest: file does not exist" and info.value.status_code == 500
+
+
+# -- one host: an {"error": ...} line inside a stream -----------------------------------------
+@pytest.mark.parametrize("after", [0, 2])
+def test_one_host_in_stream_error_is_the_servers_text_as_the_official_client(after):
+    def call(client):
+        for _ in client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}], stream=True):
+            pass
+
+    with FakeOllama(models=["llama3.2"]) as fake:
+        fake.default_script = Script(tokens=("a", "b", "c"), error_after=after, error="runner crashed")
+        theirs, ours = _both_raise(call, fake.url)
+    assert isinstance(ours, ao.ResponseError) and isinstance(ours, official.ResponseError)
+    assert (ours.error, ours.status_code) == (theirs.error, theirs.status_code) == ("runner crashed", -1)
+
+
+def test_async_one_host_in_stream_error_is_the_servers_text():
+    async def main(url):
+        async with ao.AsyncClient(url) as client:
+            async for _ in await client.generate(model="llama3.2", prompt="Hi", stream=True):
+                pass
+
+    with FakeOllama(models=["llama3.2"]) as fake:
+        fake.default_script = Script(tokens=("a", "b"), error_after=1, error="runner crashed")
+        with pytest.raises(ao.ResponseError) as info:
+            asyncio.run(main(fake.url))
+    assert (info.value.error, info.value.status_code) == ("runner crashed", -1)
