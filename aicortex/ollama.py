@@ -473,6 +473,15 @@ def _json_reply(cls: Any, data: bytes) -> Any:
         raise ResponseError(f"the server's reply is not a valid {cls.__name__}: {exc}", -1) from exc
 
 
+def _line_reply(cls: Any, obj: Mapping[str, Any]) -> Any:
+    """One streamed NDJSON line as ``cls``; a line the official type refuses is a
+    ``ResponseError`` (``-1``), not pydantic's ``ValidationError``."""
+    try:
+        return _riding(cls, obj, None)
+    except ValidationError as exc:
+        raise ResponseError(f"the server's line is not a valid {cls.__name__}: {exc}", -1) from exc
+
+
 def _accept_json(url: str, data: bytes) -> bytes:
     return data
 
@@ -700,7 +709,7 @@ class Client(_Base):
             for obj in lines:
                 if obj.get("error"):
                     raise ResponseError(str(obj["error"]), -1)
-                yield _riding(ProgressResponse, obj, None)
+                yield _line_reply(ProgressResponse, obj)
         except AICortexError as exc:
             _raise(exc)
         finally:
@@ -940,7 +949,7 @@ class AsyncClient(_Base):
             async for obj in lines:
                 if obj.get("error"):
                     raise ResponseError(str(obj["error"]), -1)
-                yield _riding(ProgressResponse, obj, None)
+                yield _line_reply(ProgressResponse, obj)
         except AICortexError as exc:
             _raise(exc)
         finally:

@@ -114,3 +114,24 @@ def test_async_one_host_in_stream_error_is_the_servers_text():
         with pytest.raises(ao.ResponseError) as info:
             asyncio.run(main(fake.url))
     assert (info.value.error, info.value.status_code) == ("runner crashed", -1)
+
+
+# -- one host: hostile progress lines ----------------------------------------------------------
+BAD_PROGRESS = {"/api/pull": (200, "application/x-ndjson", b'{"status":"pulling","total":"lots"}\n')}
+
+
+def test_one_host_progress_line_of_wrong_shape_is_a_response_error():
+    with raw_server(BAD_PROGRESS) as url, ao.Client(url) as client:
+        with pytest.raises(ao.ResponseError, match="ProgressResponse") as info:
+            list(client.pull("llama3.2", stream=True))
+    assert isinstance(info.value, AICortexError) and info.value.status_code == -1
+
+
+def test_async_one_host_progress_line_of_wrong_shape_is_a_response_error():
+    async def main(url):
+        async with ao.AsyncClient(url) as client:
+            return [p async for p in await client.pull("llama3.2", stream=True)]
+
+    with raw_server(BAD_PROGRESS) as url:
+        with pytest.raises(ao.ResponseError, match="ProgressResponse"):
+            asyncio.run(main(url))
