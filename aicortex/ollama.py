@@ -427,11 +427,24 @@ def _whole(endpoint: Literal["chat", "generate"], reply: Reply, model: str) -> A
     return _riding(_RESPONSE[endpoint], reply_body(reply, endpoint=endpoint, model=model), reply)
 
 
+def _details(details: Mapping[str, Any]) -> Any:
+    """A server's ``details`` object as the official ``ModelDetails``: the fields it
+    knows, each kept only if that type accepts it (one odd server never breaks ``list()``)."""
+    kept: dict[str, Any] = {}
+    for key, value in details.items():
+        if key in _t.ModelDetails.model_fields:
+            try:
+                _t.ModelDetails(**{key: value})
+            except ValidationError:
+                continue
+            kept[key] = value
+    return _t.ModelDetails(**kept)
+
+
 def _list_response(models: Sequence[Any]) -> Any:
     return ListResponse(models=[
         ListResponse.Model(
-            model=m.name, size=m.size or None, digest=(m.digests[0] if m.digests else None),
-            details=_t.ModelDetails(**{k: v for k, v in dict(m.details).items() if k in _t.ModelDetails.model_fields}),
+            model=m.name, size=m.size or None, digest=(m.digests[0] if m.digests else None), details=_details(m.details),
         )
         for m in models
     ])

@@ -135,3 +135,34 @@ def test_async_one_host_progress_line_of_wrong_shape_is_a_response_error():
     with raw_server(BAD_PROGRESS) as url:
         with pytest.raises(ao.ResponseError, match="ProgressResponse"):
             asyncio.run(main(url))
+
+
+# -- a fleet: a server whose /api/tags details the official type refuses --------------------------
+def _fleet_replies(details: bytes) -> dict[str, tuple[int, str, bytes]]:
+    tags = b'{"models":[{"name":"m:latest","model":"m:latest","size":7,"digest":"abc","details":' + details + b"}]}"
+    return {
+        "/api/version": (200, "application/json", b'{"version":"0.12.6"}'),
+        "/api/tags": (200, "application/json", tags),
+        "/api/ps": (200, "application/json", b'{"models":[]}'),
+    }
+
+
+def test_fleet_list_survives_details_the_official_type_refuses():
+    replies = _fleet_replies(b'{"family":5,"parameter_size":"7B","families":"llama"}')
+    with raw_server(replies) as one, raw_server(replies) as two, ao.Client([one, two]) as client:
+        listed = client.list()
+    assert isinstance(listed, official.ListResponse)
+    [model] = listed.models
+    assert (model.model, model.size, model.digest) == ("m:latest", 7, "abc")
+    assert model.details is not None and model.details.parameter_size == "7B" and model.details.family is None
+
+
+def test_async_fleet_list_survives_details_the_official_type_refuses():
+    async def main(urls):
+        async with ao.AsyncClient(urls) as client:
+            return await client.list()
+
+    replies = _fleet_replies(b'{"family":["x"],"quantization_level":"Q4_K_M"}')
+    with raw_server(replies) as one, raw_server(replies) as two:
+        listed = asyncio.run(main([one, two]))
+    assert listed.models[0].details.quantization_level == "Q4_K_M"
