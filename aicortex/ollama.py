@@ -18,8 +18,8 @@ and are also :class:`~aicortex.AICortexError`; a server that cannot be reached i
 
 ``host`` decides what a client talks to:
 
-- one URL (``Client("http://gpu1:11434")``): that server only, as the official client
-  does on the wire: the same request bodies (``"stream"`` as you asked), no discovery,
+- one URL (``Client("http://gpu1:11434")``; ``""`` is ``OLLAMA_HOST``, as there): that
+  server only, as the official client does on the wire: the same request bodies (``"stream"`` as you asked), no discovery,
   no routing; timeouts as you give them (none by default, as there).
 - several URLs (``Client(["http://gpu1:11434", "http://gpu2:11434"])``): a fleet, with
   discovery, warm-first routing, circuit breakers and failover; inference is streamed
@@ -311,8 +311,8 @@ class _Base:
             host = [h.strip() for h in host.split(",") if h.strip()]
         self._direct = isinstance(host, str)
         try:
-            if isinstance(host, str):
-                self._target: Any = parse_host(host)
+            if isinstance(host, str):  # "" is OLLAMA_HOST, as the official client reads it
+                self._target: Any = parse_host(host or os.environ.get("OLLAMA_HOST"))
             elif host is not None:
                 if isinstance(host, (bytes, Mapping)) or not all(isinstance(h, str) for h in host):
                     raise RequestError(f"host must be a URL or a list of URLs, got {host!r}")

@@ -166,3 +166,24 @@ def test_async_fleet_list_survives_details_the_official_type_refuses():
     with raw_server(replies) as one, raw_server(replies) as two:
         listed = asyncio.run(main([one, two]))
     assert listed.models[0].details.quantization_level == "Q4_K_M"
+
+
+# -- host forms --------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_empty_host_string_is_ollama_host_as_the_official_client(monkeypatch, kind):
+    # ollama-python: Client(host="") parses `host or os.getenv("OLLAMA_HOST")`
+    with FakeOllama(models=["llama3.2"]) as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.url.removeprefix("http://"))
+        with official.Client(host="") as theirs:
+            assert len(theirs.list().models) == 1
+        if kind == "sync":
+            with ao.Client(host="") as client:
+                listed = client.list()
+        else:
+            async def main():
+                async with ao.AsyncClient(host="") as client:
+                    return await client.list()
+
+            listed = asyncio.run(main())
+        assert [m.model for m in listed.models] == ["llama3.2:latest"]
+        assert [r.path for r in fake.requests] == ["/api/tags", "/api/tags"]
