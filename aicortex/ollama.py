@@ -329,12 +329,16 @@ class _Base:
             auth["authorization"] = f"Bearer {api_key}"  # as the official client does
         self._headers = auth
         self._verify = verify
-        self._timeouts = self._timeouts_of(timeout)
+        try:
+            self._timeouts = self._timeouts_of(timeout)
+        except ConfigError as exc:  # a negative or non-numeric limit: RequestError, as every wrong argument
+            _raise(exc)
         self._core: Any = None
         self._lock = threading.Lock()
 
     def _timeouts_of(self, timeout: Any) -> Timeouts:
-        """httpx's ``timeout`` (``None``, seconds, or an ``httpx.Timeout``) as aicortex
+        """httpx's ``timeout`` (``None``, seconds, an ``httpx.Timeout`` or its
+        ``(connect, read, write, pool)`` tuple) as aicortex
         limits. One host: none by default, as the official client (httpx ``timeout=None``);
         a fleet: aicortex's defaults, which failover needs."""
         if timeout is None:
@@ -343,6 +347,13 @@ class _Base:
             return Timeouts()
         if isinstance(timeout, (int, float)):
             return Timeouts.of(float(timeout))
+        if isinstance(timeout, tuple):  # httpx's (connect, read, write, pool)
+            import httpx
+
+            try:
+                timeout = httpx.Timeout(timeout)
+            except (TypeError, ValueError, IndexError) as exc:
+                raise RequestError(f"timeout as a tuple is httpx's (connect, read, write, pool), got {timeout!r}") from exc
         read = getattr(timeout, "read", None)
         connect = getattr(timeout, "connect", None)
         if read is None and connect is None and not hasattr(timeout, "read"):

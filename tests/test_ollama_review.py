@@ -187,3 +187,22 @@ def test_empty_host_string_is_ollama_host_as_the_official_client(monkeypatch, ki
             listed = asyncio.run(main())
         assert [m.model for m in listed.models] == ["llama3.2:latest"]
         assert [r.path for r in fake.requests] == ["/api/tags", "/api/tags"]
+
+
+# -- timeouts as httpx takes them --------------------------------------------------------------
+def test_timeout_as_httpx_four_tuple_is_taken():
+    # httpx (and so the official client) takes timeout=(connect, read, write, pool)
+    with FakeOllama(models=["llama3.2"]) as fake:
+        fake.default_script = Script(tokens=("a",), first_token_delay=1.0)
+        with official.Client(fake.url, timeout=(2.0, 0.2, 2.0, 2.0)) as theirs:
+            with pytest.raises(Exception, match="timed out"):
+                theirs.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+        with ao.Client(fake.url, timeout=(2.0, 0.2, 2.0, 2.0)) as client:
+            assert (client.fleet_client.timeouts.connect, client.fleet_client.timeouts.first_token) == (2.0, 0.2)
+            with pytest.raises(ao.ResponseError, match="first-token timeout of 0.2 s"):
+                client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+    with ao.Client("http://127.0.0.1:1", timeout=(1.0, 2.0)) as client:  # a two-tuple, as httpx takes it
+        assert (client.fleet_client.timeouts.connect, client.fleet_client.timeouts.stall) == (1.0, 2.0)
+    for bad in [(1.0,), ("a", "b"), -1]:
+        with pytest.raises(ao.RequestError, match="timeout"):
+            ao.Client("http://127.0.0.1:1", timeout=bad)
