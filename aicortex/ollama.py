@@ -602,12 +602,14 @@ class Client(_Base):
         """``POST /api/embed``, as the official ``Client.embed``. One host: that server,
         the official body. A fleet: a long input list is split into batches spread over
         every server with the model (aicortex's :meth:`aicortex.Client.embed`), vectors in
-        input order; ``.aicortex`` is the :class:`~aicortex.EmbedResult`."""
+        input order; ``.aicortex`` is the :class:`~aicortex.EmbedResult`. An empty input
+        (``""``, ``[]``) goes as it is to the first server with the model, which loads it
+        and answers no vectors, as one Ollama does."""
         body = _build(lambda: _t.EmbedRequest(model=model, input=input, truncate=truncate, options=options,
                                               keep_alive=keep_alive, dimensions=dimensions))
+        if self._direct or body.get("input") in ("", []):  # empty: Ollama loads the model, answers no vectors
+            return _json_reply(EmbedResponse, self._first_with(model, "POST", "/api/embed", body))  # type: ignore[no-any-return]
         try:
-            if self._direct:
-                return _json_reply(EmbedResponse, self._raw("POST", "/api/embed", body))  # type: ignore[no-any-return]
             result = self.fleet_client.embed(input, model=model, truncate=truncate, dimensions=dimensions,
                                              options=body.get("options"), keep_alive=keep_alive)
         except AICortexError as exc:
@@ -867,9 +869,9 @@ class AsyncClient(_Base):
         """As :meth:`Client.embed`, awaited."""
         body = _build(lambda: _t.EmbedRequest(model=model, input=input, truncate=truncate, options=options,
                                               keep_alive=keep_alive, dimensions=dimensions))
+        if self._direct or body.get("input") in ("", []):  # empty: Ollama loads the model, answers no vectors
+            return _json_reply(EmbedResponse, await self._first_with(model, "POST", "/api/embed", body))  # type: ignore[no-any-return]
         try:
-            if self._direct:
-                return _json_reply(EmbedResponse, await self._raw("POST", "/api/embed", body))  # type: ignore[no-any-return]
             result = await self.fleet_client.embed(input, model=model, truncate=truncate, dimensions=dimensions,
                                                    options=body.get("options"), keep_alive=keep_alive)
         except AICortexError as exc:

@@ -206,3 +206,31 @@ def test_timeout_as_httpx_four_tuple_is_taken():
     for bad in [(1.0,), ("a", "b"), -1]:
         with pytest.raises(ao.RequestError, match="timeout"):
             ao.Client("http://127.0.0.1:1", timeout=bad)
+
+
+# -- a fleet: embed with an empty input (Ollama loads the model, answers no vectors) ------------
+@pytest.mark.parametrize("empty", ["", []], ids=["str", "list"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_fleet_embed_of_empty_input_is_the_official_reply(empty, kind):
+    fakes = [FakeOllama(models=["all-minilm"]).start() for _ in range(2)]
+    try:
+        with official.Client(fakes[0].url) as theirs:
+            assert theirs.embed(model="all-minilm", input=empty).embeddings == []
+        for fake in fakes:
+            fake.clear_requests()
+        urls = [f.url for f in fakes]
+        if kind == "sync":
+            with ao.Client(urls) as client:
+                response = client.embed(model="all-minilm", input=empty)
+        else:
+            async def main():
+                async with ao.AsyncClient(urls) as client:
+                    return await client.embed(model="all-minilm", input=empty)
+
+            response = asyncio.run(main())
+        assert isinstance(response, official.EmbedResponse) and response.embeddings == []
+        sent = [r.body for f in fakes for r in f.requests if r.path == "/api/embed"]
+        assert sent == [{"model": "all-minilm", "input": empty}]  # one server, the official body
+    finally:
+        for fake in fakes:
+            fake.stop()
