@@ -490,6 +490,10 @@ def _progress(p: Any) -> Any:
     return _riding(ProgressResponse, {"status": p.status, "digest": p.digest, "total": p.total, "completed": p.completed}, p)
 
 
+class _PullLeft(Exception):
+    """Raised in a fleet pull's progress callback once the caller left the stream."""
+
+
 def _json_reply(cls: Any, data: bytes) -> Any:
     try:
         return cls.model_validate_json(data)
@@ -680,7 +684,8 @@ class Client(_Base):
         """``POST /api/pull``. One host: as the official client. A fleet: on every server
         at once; ``stream=True`` yields every server's progress lines as they arrive (the
         server on ``.aicortex.server``), then one ``"success"``; a server that failed is a
-        ``ResponseError`` naming it, after the others finished."""
+        ``ResponseError`` naming it, after the others finished. Leaving the stream early
+        (``break``, ``close()``) stops the pulls, as a closed stream stops Ollama's."""
         body = _build(lambda: _t.PullRequest(model=model, insecure=insecure, stream=stream))
         if self._direct:
             return self._stream_or_json("/api/pull", body, stream)  # type: ignore[no-any-return]
@@ -698,10 +703,18 @@ class Client(_Base):
 
         items: "queue.Queue[Any]" = queue.Queue()
         done = object()
+        left = threading.Event()  # the caller stopped reading: stop the pulls, as a closed stream does
+
+        def report(progress: Any) -> None:
+            if left.is_set():
+                raise _PullLeft  # aicortex.Client.pull stops reading every server on it
+            items.put(progress)
 
         def run() -> None:
             try:
-                items.put(self.fleet_client.pull(model, on_progress=items.put, insecure=insecure))
+                items.put(self.fleet_client.pull(model, on_progress=report, insecure=insecure))
+            except _PullLeft:
+                pass
             except BaseException as exc:  # handed to the reading thread
                 items.put(exc)
             items.put(done)
@@ -709,13 +722,16 @@ class Client(_Base):
         thread = threading.Thread(target=run, name="aicortex-ollama-pull", daemon=True)
         thread.start()
         results: Any = None
-        while (item := items.get()) is not done:
-            if isinstance(item, BaseException):
-                _raise(item)
-            if isinstance(item, builtins.list):
-                results = item
-                continue
-            yield _progress(item)
+        try:
+            while (item := items.get()) is not done:
+                if isinstance(item, BaseException):
+                    _raise(item)
+                if isinstance(item, builtins.list):
+                    results = item
+                    continue
+                yield _progress(item)
+        finally:
+            left.set()
         thread.join()
         _status(results or [], f"pull {model!r}")
         yield _riding(ProgressResponse, {"status": "success"}, results)

@@ -234,3 +234,43 @@ def test_fleet_embed_of_empty_input_is_the_official_reply(empty, kind):
     finally:
         for fake in fakes:
             fake.stop()
+
+
+# -- a fleet: a pull stream the caller stops reading ------------------------------------------
+def test_fleet_pull_stream_left_early_stops_the_pulls():
+    # the official client's stream closes its connection when left, and Ollama cancels
+    # the pull; the fleet's pulls run in a thread, which must stop too
+    fakes = [FakeOllama(models=["llama3.2"], pull_delay=0.2).start() for _ in range(2)]
+    try:
+        with ao.Client([f.url for f in fakes]) as client:
+            progress = client.pull("qwen3:8b", stream=True)
+            first = next(progress)
+            assert first.status == "pulling manifest"
+            progress.close()
+            for fake in fakes:
+                assert fake.wait_for_disconnect(timeout=10, path="/api/pull"), "the pull went on"
+        assert all("qwen3:8b" not in fake.models for fake in fakes)
+    finally:
+        for fake in fakes:
+            fake.stop()
+
+
+def test_async_fleet_pull_stream_left_early_stops_the_pulls():
+    fakes = [FakeOllama(models=["llama3.2"], pull_delay=0.2).start() for _ in range(2)]
+
+    async def main():
+        async with ao.AsyncClient([f.url for f in fakes]) as client:
+            progress = await client.pull("qwen3:8b", stream=True)
+            async for first in progress:
+                assert first.status == "pulling manifest"
+                break
+            await progress.aclose()
+            for fake in fakes:
+                assert await asyncio.to_thread(fake.wait_for_disconnect, 10, "/api/pull"), "the pull went on"
+
+    try:
+        asyncio.run(main())
+        assert all("qwen3:8b" not in fake.models for fake in fakes)
+    finally:
+        for fake in fakes:
+            fake.stop()
