@@ -18,6 +18,7 @@ from ._models import LoadedModel, ModelEntry, Usage
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "MAX_WHOLE_REPLY_BYTES",
     "MAX_DEPTH",
     "NDJSONDecoder",
     "Chunk",
@@ -40,6 +41,12 @@ __all__ = [
 #: Longest NDJSON line accepted, in bytes (1 MiB). A token chunk is ~150 bytes; a final
 #: chunk with big tool calls a few KiB. Longer lines are a protocol error, not memory use.
 MAX_LINE_BYTES = 1 << 20
+
+#: Longest reply accepted to a ``"stream": false`` request (a caller-built body, as the
+#: drop-in :mod:`aicortex.ollama` sends for one host), in bytes (64 MiB): that reply is
+#: one line holding the whole text, generate's ``context`` and any ``logprobs`` (about
+#: 400 bytes a token with ``top_logprobs=5``), so a long answer passes 1 MiB.
+MAX_WHOLE_REPLY_BYTES = 64 << 20
 
 #: Deepest nesting of arrays/objects decoded (Ollama's chunks nest about 5 deep). Deeper
 #: is a protocol error found before ``json.loads`` recurses: at the interpreter's

@@ -30,6 +30,8 @@ from ._failover import Decision, MidstreamPolicy, decide
 from ._health import Outcome
 from ._models import Attempt, Server, StreamEvent, Usage, token_event
 from ._protocol import (
+    MAX_LINE_BYTES,
+    MAX_WHOLE_REPLY_BYTES,
     NDJSONDecoder,
     build_chat_body,
     build_generate_body,
@@ -404,7 +406,8 @@ class ChatSession:
         self._cand = cand
         self._admitted = None  # the plan holds the trial now
         self._prefill_known = prefill
-        self._decoder = NDJSONDecoder(server=plan.server)
+        whole = self.body is not None and self.body.get("stream") is False  # the whole reply is one line
+        self._decoder = NDJSONDecoder(MAX_WHOLE_REPLY_BYTES if whole else MAX_LINE_BYTES, server=plan.server)
         self._attempt_started = self._clock()
         self._attempt_wall = self._wall()
         self._consumer_mark = self.consumer_s

@@ -274,3 +274,39 @@ def test_async_fleet_pull_stream_left_early_stops_the_pulls():
     finally:
         for fake in fakes:
             fake.stop()
+
+
+# -- one host: a whole (stream=False) reply longer than one streamed line may be ----------------
+def _long_whole_reply(tokens: int = 4000) -> bytes:
+    # Ollama's stream=false chat reply with logprobs (api/types.go Logprob, top_logprobs=5):
+    # about 400 bytes a token, so a 4000-token answer is one JSON object of 1.5 MB
+    entry = {"token": "word", "logprob": -0.25, "bytes": [119, 111, 114, 100],
+             "top_logprobs": [{"token": f"alt{i}", "logprob": -1.5 - i, "bytes": [97, 108, 116]} for i in range(5)]}
+    body = {"model": "llama3.2", "created_at": "2026-11-22T06:00:00Z",
+            "message": {"role": "assistant", "content": "word" * tokens}, "done": True, "done_reason": "stop",
+            "eval_count": tokens, "logprobs": [entry] * tokens}
+    import json
+
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_one_host_whole_reply_longer_than_a_streamed_line_is_read(kind):
+    data = _long_whole_reply()
+    assert len(data) > 1 << 20  # aicortex's longest streamed line
+    ask = {"model": "llama3.2", "messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 5}
+    with raw_server({"/api/chat": (200, "application/json; charset=utf-8", data)}) as url:
+        with official.Client(url) as theirs:
+            expected = theirs.chat(**ask)
+        if kind == "sync":
+            with ao.Client(url) as client:
+                response = client.chat(**ask)
+        else:
+            async def main():
+                async with ao.AsyncClient(url) as client:
+                    return await client.chat(**ask)
+
+            response = asyncio.run(main())
+    assert response.message.content == expected.message.content
+    assert len(response.logprobs) == len(expected.logprobs) == 4000
+    assert response.logprobs[0].top_logprobs[4].token == "alt4"
