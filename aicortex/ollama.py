@@ -76,6 +76,7 @@ from ._exceptions import (
 from ._fleetops import in_order
 from ._models import Reply
 from ._shapes import event_chunk, final_chunk, reply_body
+from ._transport import MAX_PROBE_BYTES
 
 from ollama import (  # noqa: E402 - the official public names, re-exported unchanged
     Image,
@@ -510,6 +511,20 @@ def _line_reply(cls: Any, obj: Mapping[str, Any]) -> Any:
         raise ResponseError(f"the server's line is not a valid {cls.__name__}: {exc}", -1) from exc
 
 
+#: Room for one embedding vector in an /api/embed reply, bytes: 8192 dimensions of up to
+#: 32 characters of JSON each. One host's reply to a batch may be this much per input.
+EMBED_BYTES_PER_INPUT = 256 << 10
+
+
+def _embed_limit(body: Mapping[str, Any]) -> int:
+    """The longest /api/embed reply read for this request, bytes: the probe bound plus
+    room for each input's vector (the official client reads any length; a batch of a
+    thousand 768-dimension vectors is about 10 MB)."""
+    inputs = body.get("input")
+    count = len(inputs) if isinstance(inputs, builtins.list) else 1
+    return MAX_PROBE_BYTES + count * EMBED_BYTES_PER_INPUT
+
+
 def _accept_json(url: str, data: bytes) -> bytes:
     return data
 
@@ -611,9 +626,11 @@ class Client(_Base):
         and answers no vectors, as one Ollama does."""
         body = _build(lambda: _t.EmbedRequest(model=model, input=input, truncate=truncate, options=options,
                                               keep_alive=keep_alive, dimensions=dimensions))
-        if self._direct or body.get("input") in ("", []):  # empty: Ollama loads the model, answers no vectors
+        if body.get("input") in ("", []):  # Ollama loads the model and answers no vectors
             return _json_reply(EmbedResponse, self._first_with(model, "POST", "/api/embed", body))  # type: ignore[no-any-return]
         try:
+            if self._direct:
+                return _json_reply(EmbedResponse, self._raw("POST", "/api/embed", body, limit=_embed_limit(body)))  # type: ignore[no-any-return]
             result = self.fleet_client.embed(input, model=model, truncate=truncate, dimensions=dimensions,
                                              options=body.get("options"), keep_alive=keep_alive)
         except AICortexError as exc:
@@ -627,10 +644,11 @@ class Client(_Base):
         return _json_reply(EmbeddingsResponse, self._first_with(model, "POST", "/api/embeddings", body))
 
     # -- fleet operations -----------------------------------------------------------------------
-    def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None) -> bytes:
+    def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None,
+             limit: int = MAX_PROBE_BYTES) -> bytes:
         core = self.fleet_client
         data: bytes = core._transport.request_json(
-            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None,
+            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None, limit=limit,
         )
         return data
 
@@ -885,9 +903,11 @@ class AsyncClient(_Base):
         """As :meth:`Client.embed`, awaited."""
         body = _build(lambda: _t.EmbedRequest(model=model, input=input, truncate=truncate, options=options,
                                               keep_alive=keep_alive, dimensions=dimensions))
-        if self._direct or body.get("input") in ("", []):  # empty: Ollama loads the model, answers no vectors
+        if body.get("input") in ("", []):  # Ollama loads the model and answers no vectors
             return _json_reply(EmbedResponse, await self._first_with(model, "POST", "/api/embed", body))  # type: ignore[no-any-return]
         try:
+            if self._direct:
+                return _json_reply(EmbedResponse, await self._raw("POST", "/api/embed", body, limit=_embed_limit(body)))  # type: ignore[no-any-return]
             result = await self.fleet_client.embed(input, model=model, truncate=truncate, dimensions=dimensions,
                                                    options=body.get("options"), keep_alive=keep_alive)
         except AICortexError as exc:
@@ -899,10 +919,11 @@ class AsyncClient(_Base):
         body = _build(lambda: _t.EmbeddingsRequest(model=model, prompt=prompt, options=options, keep_alive=keep_alive))
         return _json_reply(EmbeddingsResponse, await self._first_with(model, "POST", "/api/embeddings", body))
 
-    async def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None) -> bytes:
+    async def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None,
+                   limit: int = MAX_PROBE_BYTES) -> bytes:
         core = self.fleet_client
         data: bytes = await core._transport.request_json(
-            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None,
+            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None, limit=limit,
         )
         return data
 

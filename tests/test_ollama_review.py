@@ -310,3 +310,37 @@ def test_one_host_whole_reply_longer_than_a_streamed_line_is_read(kind):
     assert response.message.content == expected.message.content
     assert len(response.logprobs) == len(expected.logprobs) == 4000
     assert response.logprobs[0].top_logprobs[4].token == "alt4"
+
+
+# -- one host: a big embed batch ------------------------------------------------------------------
+def _embed_reply(inputs: int, dim: int = 768) -> bytes:
+    import json
+
+    vector = [round(-0.0123456789 + i * 1e-6, 10) for i in range(dim)]
+    return json.dumps({"model": "nomic-embed-text", "embeddings": [vector] * inputs}).encode()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_one_host_embed_of_a_big_batch_is_read(kind):
+    # 1000 chunks of a document in one call (LangChain's embed_documents does this) with a
+    # 768-dimension model: a reply of about 10 MB, more than aicortex's probe-reply bound
+    data = _embed_reply(1000)
+    assert len(data) > 8 << 20
+    texts = [f"chunk {i}" for i in range(1000)]
+    with raw_server({"/api/embed": (200, "application/json; charset=utf-8", data)}) as url:
+        with official.Client(url) as theirs:
+            assert len(theirs.embed(model="nomic-embed-text", input=texts).embeddings) == 1000
+        if kind == "sync":
+            with ao.Client(url) as client:
+                response = client.embed(model="nomic-embed-text", input=texts)
+        else:
+            async def main():
+                async with ao.AsyncClient(url) as client:
+                    return await client.embed(model="nomic-embed-text", input=texts)
+
+            response = asyncio.run(main())
+    assert len(response.embeddings) == 1000 and len(response.embeddings[0]) == 768
+    # the bound grows with what was asked: one input still may not bring back 10 MB
+    with raw_server({"/api/embed": (200, "application/json", data)}) as url, ao.Client(url) as client:
+        with pytest.raises(ao.ResponseError, match="longer than"):
+            client.embed(model="nomic-embed-text", input="one text")
