@@ -35,7 +35,7 @@ from ._exceptions import (
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
 from ._protocol import MAX_LINE_BYTES, NDJSONDecoder, encode_body
-from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _check_open, show_object, ssl_context, status_error
+from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, _MAX_ERROR_BODY, _check_open, client_headers, show_object, ssl_context, status_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
@@ -68,7 +68,7 @@ class AsyncTransport:
 
     def __init__(self, *, headers: Mapping[str, str] | None = None, verify: bool | str = True, max_connections: int = 100) -> None:
         self._ssl = ssl_context(verify)
-        self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+        self._headers = client_headers(headers)
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._server_headers: dict[str, dict[str, str]] = {}

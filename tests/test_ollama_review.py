@@ -344,3 +344,23 @@ def test_one_host_embed_of_a_big_batch_is_read(kind):
     with raw_server({"/api/embed": (200, "application/json", data)}) as url, ao.Client(url) as client:
         with pytest.raises(ao.ResponseError, match="longer than"):
             client.embed(model="nomic-embed-text", input="one text")
+
+
+# -- headers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_user_agent_header_is_sent_once(kind):
+    # aicortex.ollama passes header names on lower-cased; httpx and aiohttp then sent both
+    # aicortex's "User-Agent" and the caller's "user-agent": two User-Agent headers
+    with FakeOllama(models=["llama3.2"]) as fake:
+        if kind == "sync":
+            with ao.Client(fake.url, headers={"User-Agent": "myapp/1.0"}) as client:
+                client.list()
+                client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+        else:
+            async def main():
+                async with ao.AsyncClient(fake.url, headers={"User-Agent": "myapp/1.0"}) as client:
+                    await client.list()
+                    await client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+
+            asyncio.run(main())
+        assert [r.headers["user-agent"] for r in fake.requests] == ["myapp/1.0", "myapp/1.0"]
