@@ -48,7 +48,7 @@ import dataclasses
 import datetime
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 try:
@@ -315,9 +315,10 @@ class _Base:
             if isinstance(host, str):  # "" is OLLAMA_HOST, as the official client reads it
                 self._target: Any = parse_host(host or os.environ.get("OLLAMA_HOST"))
             elif host is not None:
-                if isinstance(host, (bytes, Mapping)) or not all(isinstance(h, str) for h in host):
+                hosts = builtins.list(host) if isinstance(host, Iterable) and not isinstance(host, (bytes, Mapping)) else None
+                if hosts is None or not all(isinstance(h, str) for h in hosts):
                     raise RequestError(f"host must be a URL or a list of URLs, got {host!r}")
-                self._target = [parse_host(h) for h in host]
+                self._target = [parse_host(h) for h in hosts]
                 if not self._target:
                     raise RequestError("host is an empty list: give one URL or several")
             else:

@@ -364,3 +364,16 @@ def test_a_user_agent_header_is_sent_once(kind):
 
             asyncio.run(main())
         assert [r.headers["user-agent"] for r in fake.requests] == ["myapp/1.0", "myapp/1.0"]
+
+
+@pytest.mark.parametrize("host", [11434, 1.5, object()], ids=["int", "float", "object"])
+def test_a_host_of_a_wrong_type_is_a_request_error(host):
+    with pytest.raises(ao.RequestError, match="host must be a URL or a list of URLs"):
+        ao.Client(host)
+
+
+def test_hosts_given_as_an_iterator_are_all_taken():
+    with FakeOllama(models=["llama3.2"]) as one, FakeOllama(models=["llama3.2"]) as two:
+        with ao.Client(url for url in (one.url, two.url)) as client:
+            assert repr(client).endswith(f"host={[one.url, two.url]!r}>")
+            assert client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}]).message.content
