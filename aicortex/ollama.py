@@ -554,16 +554,21 @@ class Client(_Base):
 
     # -- inference ------------------------------------------------------------------------------
     def _infer(self, endpoint: Literal["chat", "generate"], body: dict[str, Any], stream: bool) -> Any:
+        if stream:
+            return self._chunks(endpoint, body)
         try:
-            result = self.fleet_client._forward(endpoint, self._wire(body), stream=stream, direct=self._direct, keep_events=False)
-            if not stream:
-                return _whole(endpoint, result, body["model"])
+            result = self.fleet_client._forward(endpoint, self._wire(body), stream=False, direct=self._direct, keep_events=False)
         except AICortexError as exc:
             _raise(exc)
-        return self._chunks(endpoint, body["model"], result)
+        return _whole(endpoint, result, body["model"])
 
-    def _chunks(self, endpoint: Literal["chat", "generate"], model: str, stream: Any) -> Iterator[Any]:
-        shaper = _Chunks(endpoint, model)
+    def _chunks(self, endpoint: Literal["chat", "generate"], body: dict[str, Any]) -> Iterator[Any]:
+        # A generator, as the official client's: routing and its errors come at the first next().
+        shaper = _Chunks(endpoint, body["model"])
+        try:
+            stream = self.fleet_client._forward(endpoint, self._wire(body), stream=True, direct=self._direct, keep_events=False)
+        except AICortexError as exc:
+            _raise(exc)
         with stream:
             try:
                 for event in stream:
@@ -860,16 +865,21 @@ class AsyncClient(_Base):
         await self.close()
 
     async def _infer(self, endpoint: Literal["chat", "generate"], body: dict[str, Any], stream: bool) -> Any:
+        if stream:
+            return self._chunks(endpoint, body)
         try:
-            result = await self.fleet_client._forward(endpoint, self._wire(body), stream=stream, direct=self._direct, keep_events=False)
-            if not stream:
-                return _whole(endpoint, result, body["model"])
+            result = await self.fleet_client._forward(endpoint, self._wire(body), stream=False, direct=self._direct, keep_events=False)
         except AICortexError as exc:
             _raise(exc)
-        return self._chunks(endpoint, body["model"], result)
+        return _whole(endpoint, result, body["model"])
 
-    async def _chunks(self, endpoint: Literal["chat", "generate"], model: str, stream: Any) -> AsyncIterator[Any]:
-        shaper = _Chunks(endpoint, model)
+    async def _chunks(self, endpoint: Literal["chat", "generate"], body: dict[str, Any]) -> AsyncIterator[Any]:
+        # As the official client's async generator: routing and its errors come while iterating.
+        shaper = _Chunks(endpoint, body["model"])
+        try:
+            stream = await self.fleet_client._forward(endpoint, self._wire(body), stream=True, direct=self._direct, keep_events=False)
+        except AICortexError as exc:
+            _raise(exc)
         async with stream:
             try:
                 async for event in stream:

@@ -377,3 +377,29 @@ def test_hosts_given_as_an_iterator_are_all_taken():
         with ao.Client(url for url in (one.url, two.url)) as client:
             assert repr(client).endswith(f"host={[one.url, two.url]!r}>")
             assert client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}]).message.content
+
+
+# -- a fleet: a stream's errors come while iterating, as the official client's --------------------
+def test_fleet_stream_errors_come_while_iterating_as_the_official_clients():
+    # ollama-python's chat(stream=True) is a generator: nothing is sent, nothing raised,
+    # until it is iterated; code that iterates inside `try` relies on that
+    with FakeOllama(models=["llama3.2"]) as one, FakeOllama(models=["llama3.2"]) as two:
+        with ao.Client([one.url, two.url]) as client:
+            stream = client.chat(model="missing", messages=[{"role": "user", "content": "Hi"}], stream=True)
+            assert one.requests == [] and two.requests == []  # not even discovery yet
+            with pytest.raises(ao.ResponseError) as info:
+                next(stream)
+            assert info.value.status_code == 404
+
+
+def test_async_fleet_stream_errors_come_while_iterating():
+    async def main(urls):
+        async with ao.AsyncClient(urls) as client:
+            stream = await client.generate(model="missing", prompt="Hi", stream=True)
+            with pytest.raises(ao.ResponseError) as info:
+                async for _ in stream:
+                    pass
+            return info.value.status_code
+
+    with FakeOllama(models=["llama3.2"]) as one, FakeOllama(models=["llama3.2"]) as two:
+        assert asyncio.run(main([one.url, two.url])) == 404
