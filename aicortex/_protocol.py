@@ -341,13 +341,27 @@ def parse_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
     return Chunk(content=content, thinking=thinking, tool_calls=tuple(calls), done=bool(done), usage=usage, logprobs=logprobs)
 
 
+def _token_logprob(entry: object) -> bool:
+    """``{"token": str, "logprob": number, ...}`` (Ollama ``api/types.go`` TokenLogprob:
+    both always sent)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+        return False
+    logprob = entry.get("logprob")
+    return isinstance(logprob, (int, float)) and not isinstance(logprob, bool)
+
+
 def _logprobs(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...] | None:
     """The chunk's ``logprobs`` (Ollama: a list of ``{"token", "logprob", "bytes"?,
-    "top_logprobs"?}``, one per token of the chunk), only the well-formed entries."""
+    "top_logprobs"?}``, one per token of the chunk), only the well-formed entries: a
+    token string, a number, and ``top_logprobs`` absent or a list of such entries."""
     value = obj.get("logprobs")
     if not isinstance(value, list):
         return None
-    return tuple(e for e in value if isinstance(e, dict) and isinstance(e.get("token"), str)) or None
+    return tuple(
+        e for e in value
+        if _token_logprob(e) and (e.get("top_logprobs") is None or (
+            isinstance(e["top_logprobs"], list) and all(_token_logprob(t) for t in e["top_logprobs"])))
+    ) or None
 
 
 def _usage(obj: Mapping[str, Any]) -> Usage:

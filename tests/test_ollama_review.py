@@ -403,3 +403,40 @@ def test_async_fleet_stream_errors_come_while_iterating():
 
     with FakeOllama(models=["llama3.2"]) as one, FakeOllama(models=["llama3.2"]) as two:
         assert asyncio.run(main([one.url, two.url])) == 404
+
+
+# -- one host: logprobs entries the official types refuse -----------------------------------------
+def _lines(*objs) -> bytes:
+    import json
+
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+GOOD = {"token": "a", "logprob": -0.5, "top_logprobs": [{"token": "a", "logprob": -0.5}]}
+BAD_LOGPROBS = [
+    {"token": "a", "logprob": "high"},  # not a number
+    {"token": "a"},  # no logprob (Ollama always sends one: api/types.go TokenLogprob)
+    {"token": "a", "logprob": -1.0, "top_logprobs": [{"token": 5, "logprob": -1.0}]},
+    {"token": "a", "logprob": -1.0, "top_logprobs": "many"},
+]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("endpoint", ["chat", "generate"])
+def test_one_host_logprobs_entries_the_official_types_refuse_are_left_out(endpoint, stream):
+    if endpoint == "chat":
+        piece = {"model": "m", "message": {"role": "assistant", "content": "a"}, "logprobs": [GOOD, *BAD_LOGPROBS], "done": False}
+        last = {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}
+    else:
+        piece = {"model": "m", "response": "a", "logprobs": [GOOD, *BAD_LOGPROBS], "done": False}
+        last = {"model": "m", "response": "", "done": True, "done_reason": "stop"}
+    with FakeOllama(models=["m"]) as fake, ao.Client(fake.url) as client:
+        fake.push(Script(raw=_lines(piece, last)))
+        if endpoint == "chat":
+            result = client.chat(model="m", messages=[{"role": "user", "content": "Hi"}], logprobs=True, stream=stream)
+        else:
+            result = client.generate(model="m", prompt="Hi", logprobs=True, stream=stream)
+        parts = list(result) if stream else [result]
+    logprobs = [entry for part in parts for entry in (part.logprobs or [])]
+    assert [(e.token, e.logprob) for e in logprobs] == [("a", -0.5)]
+    assert logprobs[0].top_logprobs[0].token == "a"
