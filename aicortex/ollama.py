@@ -769,7 +769,10 @@ class Client(_Base):
         return self._lines(path, body)
 
     def _lines(self, path: str, body: dict[str, Any]) -> Iterator[Any]:
-        core = self.fleet_client
+        try:
+            core = self.fleet_client  # built on first use: a bad setting is a RequestError here too
+        except AICortexError as exc:
+            _raise(exc)
         lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None)
         try:
             for obj in lines:
@@ -1017,7 +1020,10 @@ class AsyncClient(_Base):
         return self._lines(path, body)
 
     async def _lines(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        core = self.fleet_client
+        try:
+            core = self.fleet_client  # built on first use: a bad setting is a RequestError here too
+        except AICortexError as exc:
+            _raise(exc)
         lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None)
         try:
             async for obj in lines:

@@ -440,3 +440,24 @@ def test_one_host_logprobs_entries_the_official_types_refuse_are_left_out(endpoi
     logprobs = [entry for part in parts for entry in (part.logprobs or [])]
     assert [(e.token, e.logprob) for e in logprobs] == [("a", -0.5)]
     assert logprobs[0].top_logprobs[0].token == "a"
+
+
+# -- one host: a client setting that fails when the client is first used ------------------------
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_bad_ca_bundle_is_a_request_error_on_a_streamed_pull_too(kind, tmp_path):
+    missing = str(tmp_path / "no-such-ca.pem")
+    with FakeOllama(models=["llama3.2"]) as fake:
+        if kind == "sync":
+            with ao.Client(fake.url, verify=missing) as client:
+                with pytest.raises(ao.RequestError, match="CA bundle"):
+                    client.list()
+                with pytest.raises(ao.RequestError, match="CA bundle"):
+                    list(client.pull("llama3.2", stream=True))
+        else:
+            async def main():
+                async with ao.AsyncClient(fake.url, verify=missing) as client:
+                    with pytest.raises(ao.RequestError, match="CA bundle"):
+                        [p async for p in await client.pull("llama3.2", stream=True)]
+
+            asyncio.run(main())
+        assert fake.requests == []
