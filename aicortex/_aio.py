@@ -92,6 +92,23 @@ class AsyncTransport:
             )
         return self._session
 
+    def release(self) -> None:
+        """Drop the connection pool at once, without awaiting: for a finalizer, when a
+        client is let go unclosed (``await ollama.AsyncClient().chat(...)``, the official
+        client's README habit). Its sockets are closed now and aiohttp logs no
+        "Unclosed client session"; :meth:`aclose` is the way otherwise."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is None or session.closed:
+            return
+        connector = session.connector
+        session.detach()  # the session counts as closed; the pool is closed below
+        if connector is not None:
+            try:  # the synchronous part of connector.close(): every connection closed now
+                connector._close(abort_ssl=True)
+            except TypeError:  # aiohttp before abort_ssl
+                connector._close()
+
     async def aclose(self) -> None:
         """Close the connection pool, and the responses in flight (their readers get a
         ``ConfigError``: a request cut by close is not the server's failure)."""

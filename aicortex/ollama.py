@@ -867,6 +867,13 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def __del__(self) -> None:
+        # The official README lets its AsyncClient go unclosed and httpx says nothing of
+        # it; aiohttp's pool would log "Unclosed client session": drop the pool quietly.
+        core = self.__dict__.get("_core")
+        if core is not None:
+            core._transport.release()
+
     async def _infer(self, endpoint: Literal["chat", "generate"], body: dict[str, Any], stream: bool) -> Any:
         if stream:
             return self._chunks(endpoint, body)

@@ -461,3 +461,35 @@ def test_a_bad_ca_bundle_is_a_request_error_on_a_streamed_pull_too(kind, tmp_pat
 
             asyncio.run(main())
         assert fake.requests == []
+
+
+# -- the official README's async example drops its AsyncClient unclosed ---------------------------
+README_ASYNC = """
+import asyncio, sys
+from aicortex.ollama import AsyncClient
+
+async def chat():
+    message = {"role": "user", "content": "Why is the sky blue?"}
+    response = await AsyncClient(sys.argv[1]).chat(model="llama3.2", messages=[message])
+    print(response.message.content)
+    async for part in await AsyncClient(sys.argv[1]).chat(model="llama3.2", messages=[message], stream=True):
+        print(part.message.content, end="")
+    print()
+
+asyncio.run(chat())
+"""
+
+
+def test_an_async_client_dropped_unclosed_logs_nothing(tmp_path):
+    # ollama-python's README: `await AsyncClient().chat(...)`, never closed; httpx is
+    # silent about it, aiohttp logged "Unclosed client session" / "Unclosed connector"
+    import subprocess
+    import sys
+
+    script = tmp_path / "readme_async.py"
+    script.write_text(README_ASYNC)
+    with FakeOllama(models=["llama3.2"]) as fake:
+        out = subprocess.run([sys.executable, str(script), fake.url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["Hello, world!", "Hello, world!"]
+    assert "Unclosed" not in out.stderr and out.stderr == ""
