@@ -335,6 +335,9 @@ class _Base:
             self._timeouts = self._timeouts_of(timeout)
         except ConfigError as exc:  # a negative or non-numeric limit: RequestError, as every wrong argument
             _raise(exc)
+        # The read limit of the calls besides chat/generate (list, show, embed, pull...):
+        # the caller's, as httpx applies it to every call; none unless given.
+        self._read_timeout_s = None if timeout is None else self._timeouts.stall
         self._core: Any = None
         self._lock = threading.Lock()
 
@@ -654,7 +657,7 @@ class Client(_Base):
              limit: int = MAX_PROBE_BYTES) -> bytes:
         core = self.fleet_client
         data: bytes = core._transport.request_json(
-            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None, limit=limit,
+            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s, limit=limit,
         )
         return data
 
@@ -773,7 +776,7 @@ class Client(_Base):
             core = self.fleet_client  # built on first use: a bad setting is a RequestError here too
         except AICortexError as exc:
             _raise(exc)
-        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None)
+        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s)
         try:
             for obj in lines:
                 if obj.get("error"):
@@ -944,7 +947,7 @@ class AsyncClient(_Base):
                    limit: int = MAX_PROBE_BYTES) -> bytes:
         core = self.fleet_client
         data: bytes = await core._transport.request_json(
-            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None, limit=limit,
+            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s, limit=limit,
         )
         return data
 
@@ -1031,7 +1034,7 @@ class AsyncClient(_Base):
             core = self.fleet_client  # built on first use: a bad setting is a RequestError here too
         except AICortexError as exc:
             _raise(exc)
-        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None)
+        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s)
         try:
             async for obj in lines:
                 if obj.get("error"):

@@ -493,3 +493,63 @@ def test_an_async_client_dropped_unclosed_logs_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["Hello, world!", "Hello, world!"]
     assert "Unclosed" not in out.stderr and out.stderr == ""
+
+
+# -- one host: the caller's timeout bounds every call, not only chat/generate ----------------------
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A loopback address whose connects succeed (the kernel's backlog) and whose replies never come."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+CALLS_BESIDES_INFERENCE = [
+    lambda c: c.list(), lambda c: c.ps(), lambda c: c.show("m"), lambda c: c.embed("m", "x"),
+    lambda c: c.embeddings("m", "x"), lambda c: c.pull("m"), lambda c: list(c.pull("m", stream=True)),
+    lambda c: c.delete("m"), lambda c: c.copy("m", "n"),
+]
+
+
+@pytest.mark.parametrize("call", CALLS_BESIDES_INFERENCE,
+                         ids=["list", "ps", "show", "embed", "embeddings", "pull", "pull-stream", "delete", "copy"])
+def test_one_host_timeout_bounds_every_call(call):
+    # ollama-python hands timeout= to httpx: a server that stops answering is a timeout
+    outcome: list[BaseException] = []
+
+    def run(url):
+        try:
+            with ao.Client(url, timeout=0.3) as client:
+                call(client)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    with silent_server() as url:
+        worker = threading.Thread(target=run, args=(url,), daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "the call ignored timeout=0.3 and hangs"
+    [error] = outcome
+    assert isinstance(error, TimeoutError) and isinstance(error, AICortexError)
+
+
+def test_async_one_host_timeout_bounds_every_call():
+    async def main(url):
+        errors = []
+        async with ao.AsyncClient(url, timeout=0.3) as client:
+            for call in (client.list(), client.show("m"), client.embed("m", "x")):
+                try:
+                    await asyncio.wait_for(call, 10)  # its own TimeoutError is not an AICortexError
+                except Exception as exc:
+                    errors.append(exc)
+        return errors
+
+    with silent_server() as url:
+        errors = asyncio.run(main(url))
+    assert len(errors) == 3 and all(isinstance(e, TimeoutError) and isinstance(e, AICortexError) for e in errors), errors
