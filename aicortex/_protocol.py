@@ -45,7 +45,9 @@ MAX_LINE_BYTES = 1 << 20
 #: Longest reply accepted to a ``"stream": false`` request (a caller-built body, as the
 #: drop-in :mod:`aicortex.ollama` sends for one host), in bytes (64 MiB): that reply is
 #: one line holding the whole text, generate's ``context`` and any ``logprobs`` (about
-#: 400 bytes a token with ``top_logprobs=5``), so a long answer passes 1 MiB.
+#: 400 bytes a token with ``top_logprobs=5``), so a long answer passes 1 MiB. Also the
+#: longest line of an /api/generate stream, whose final chunk carries the ``context``
+#: (about 8 bytes a token: a 200k-token context is 1.6 MB).
 MAX_WHOLE_REPLY_BYTES = 64 << 20
 
 #: Deepest nesting of arrays/objects decoded (Ollama's chunks nest about 5 deep). Deeper

@@ -553,3 +553,25 @@ def test_async_one_host_timeout_bounds_every_call():
     with silent_server() as url:
         errors = asyncio.run(main(url))
     assert len(errors) == 3 and all(isinstance(e, TimeoutError) and isinstance(e, AICortexError) for e in errors), errors
+
+
+# -- generate's final context, streamed: more than a token line may be ------------------------------
+def _generate_stream_with_context(tokens: int) -> bytes:
+    return _lines(
+        {"model": "m", "response": "a", "done": False},
+        {"model": "m", "response": "", "done": True, "done_reason": "stop", "context": list(range(100000, 100000 + tokens))},
+    )
+
+
+def test_streamed_generate_with_a_long_context_is_read():
+    # a 200k-token context (num_ctx 262144) is a 1.6 MB final chunk, which the official
+    # client reads; a fleet always streams, so its generate() met this too
+    data = _generate_stream_with_context(200_000)
+    assert len(data) > 1 << 20
+    with raw_server({"/api/generate": (200, "application/x-ndjson", data)}) as url:
+        with ao.Client(url) as client:
+            parts = list(client.generate(model="m", prompt="Hi", stream=True))
+        assert len(parts[-1].context) == 200_000 and parts[-1].done
+    replies = {**_fleet_replies(b"{}"), "/api/generate": (200, "application/x-ndjson", data)}
+    with raw_server(replies) as one, raw_server(replies) as two, ao.Client([one, two]) as client:
+        assert len(client.generate(model="m", prompt="Hi").context) == 200_000
