@@ -374,7 +374,12 @@ class _Base:
                 self._core = self._core_class(
                     self._target, timeout=self._timeouts, headers=self._headers, verify=self._verify, **self._core_kw
                 )
+                self._built(self._core)
             return self._core
+
+    def _built(self, core: Any) -> None:
+        """Called once the client underneath is built."""
+
 
     def _wire(self, body: dict[str, Any]) -> dict[str, Any]:
         # One host: the official body as it is. A fleet: streamed from the servers, so a
@@ -870,12 +875,13 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def __del__(self) -> None:
+    def _built(self, core: Any) -> None:
         # The official README lets its AsyncClient go unclosed and httpx says nothing of
-        # it; aiohttp's pool would log "Unclosed client session": drop the pool quietly.
-        core = self.__dict__.get("_core")
-        if core is not None:
-            core._transport.release()
+        # it; aiohttp's pool would log "Unclosed client session". When the client
+        # underneath is let go (or at exit), drop its pool quietly.
+        import weakref
+
+        weakref.finalize(core, core._transport.release)
 
     async def _infer(self, endpoint: Literal["chat", "generate"], body: dict[str, Any], stream: bool) -> Any:
         if stream:

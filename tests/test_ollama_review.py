@@ -575,3 +575,18 @@ def test_streamed_generate_with_a_long_context_is_read():
     replies = {**_fleet_replies(b"{}"), "/api/generate": (200, "application/x-ndjson", data)}
     with raw_server(replies) as one, raw_server(replies) as two, ao.Client([one, two]) as client:
         assert len(client.generate(model="m", prompt="Hi").context) == 200_000
+
+
+def test_the_client_underneath_kept_by_the_caller_still_works_when_the_drop_in_is_let_go():
+    import gc
+
+    async def main(url):
+        core = ao.AsyncClient(url).fleet_client  # the drop-in itself is let go here
+        gc.collect()
+        try:
+            return (await core.chat("Hi", model="llama3.2")).text
+        finally:
+            await core.aclose()
+
+    with FakeOllama(models=["llama3.2"]) as fake:
+        assert asyncio.run(main(fake.url)) == "Hello, world!"
