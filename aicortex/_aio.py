@@ -35,7 +35,7 @@ from ._exceptions import (
 from ._exceptions import TimeoutError as AICortexTimeout
 from ._flow import TIMED_OUT
 from ._protocol import MAX_LINE_BYTES, NDJSONDecoder, encode_body
-from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, USER_AGENT, _MAX_ERROR_BODY, _check_open, show_object, ssl_context, status_error
+from ._transport import DRAIN_BYTES, DRAIN_S, MAX_PROBE_BYTES, _MAX_ERROR_BODY, _check_open, client_headers, show_object, ssl_context, status_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
@@ -68,7 +68,7 @@ class AsyncTransport:
 
     def __init__(self, *, headers: Mapping[str, str] | None = None, verify: bool | str = True, max_connections: int = 100) -> None:
         self._ssl = ssl_context(verify)
-        self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+        self._headers = client_headers(headers)
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._server_headers: dict[str, dict[str, str]] = {}
@@ -91,6 +91,23 @@ class AsyncTransport:
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
+
+    def release(self) -> None:
+        """Drop the connection pool at once, without awaiting: for a finalizer, when a
+        client is let go unclosed (``await ollama.AsyncClient().chat(...)``, the official
+        client's README habit). Its sockets are closed now and aiohttp logs no
+        "Unclosed client session"; :meth:`aclose` is the way otherwise."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is None or session.closed:
+            return
+        connector = session.connector
+        session.detach()  # the session counts as closed; the pool is closed below
+        if connector is not None:
+            try:  # the synchronous part of connector.close(): every connection closed now
+                connector._close(abort_ssl=True)
+            except TypeError:  # aiohttp before abort_ssl
+                connector._close()
 
     async def aclose(self) -> None:
         """Close the connection pool, and the responses in flight (their readers get a

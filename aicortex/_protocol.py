@@ -18,6 +18,7 @@ from ._models import LoadedModel, ModelEntry, Usage
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "MAX_WHOLE_REPLY_BYTES",
     "MAX_DEPTH",
     "NDJSONDecoder",
     "Chunk",
@@ -40,6 +41,14 @@ __all__ = [
 #: Longest NDJSON line accepted, in bytes (1 MiB). A token chunk is ~150 bytes; a final
 #: chunk with big tool calls a few KiB. Longer lines are a protocol error, not memory use.
 MAX_LINE_BYTES = 1 << 20
+
+#: Longest reply accepted to a ``"stream": false`` request (a caller-built body, as the
+#: drop-in :mod:`aicortex.ollama` sends for one host), in bytes (64 MiB): that reply is
+#: one line holding the whole text, generate's ``context`` and any ``logprobs`` (about
+#: 400 bytes a token with ``top_logprobs=5``), so a long answer passes 1 MiB. Also the
+#: longest line of an /api/generate stream, whose final chunk carries the ``context``
+#: (about 8 bytes a token: a 200k-token context is 1.6 MB).
+MAX_WHOLE_REPLY_BYTES = 64 << 20
 
 #: Deepest nesting of arrays/objects decoded (Ollama's chunks nest about 5 deep). Deeper
 #: is a protocol error found before ``json.loads`` recurses: at the interpreter's
@@ -334,13 +343,27 @@ def parse_chunk(obj: Mapping[str, Any], server: str | None = None) -> Chunk:
     return Chunk(content=content, thinking=thinking, tool_calls=tuple(calls), done=bool(done), usage=usage, logprobs=logprobs)
 
 
+def _token_logprob(entry: object) -> bool:
+    """``{"token": str, "logprob": number, ...}`` (Ollama ``api/types.go`` TokenLogprob:
+    both always sent)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+        return False
+    logprob = entry.get("logprob")
+    return isinstance(logprob, (int, float)) and not isinstance(logprob, bool)
+
+
 def _logprobs(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...] | None:
     """The chunk's ``logprobs`` (Ollama: a list of ``{"token", "logprob", "bytes"?,
-    "top_logprobs"?}``, one per token of the chunk), only the well-formed entries."""
+    "top_logprobs"?}``, one per token of the chunk), only the well-formed entries: a
+    token string, a number, and ``top_logprobs`` absent or a list of such entries."""
     value = obj.get("logprobs")
     if not isinstance(value, list):
         return None
-    return tuple(e for e in value if isinstance(e, dict) and isinstance(e.get("token"), str)) or None
+    return tuple(
+        e for e in value
+        if _token_logprob(e) and (e.get("top_logprobs") is None or (
+            isinstance(e["top_logprobs"], list) and all(_token_logprob(t) for t in e["top_logprobs"])))
+    ) or None
 
 
 def _usage(obj: Mapping[str, Any]) -> Usage:

@@ -31,6 +31,8 @@ from ._health import Outcome
 from ._hedge import HedgePolicy, hedge_meta
 from ._models import Attempt, Server, StreamEvent, Usage, token_event
 from ._protocol import (
+    MAX_LINE_BYTES,
+    MAX_WHOLE_REPLY_BYTES,
     NDJSONDecoder,
     build_chat_body,
     build_generate_body,
@@ -422,7 +424,11 @@ class ChatSession:
         self._cand = cand
         self._admitted = None  # the plan holds the trial now
         self._prefill_known = prefill
-        self._decoder = NDJSONDecoder(server=plan.server)
+        # One long line is to be expected: the whole reply to "stream": false, or a generate's
+        # final chunk, which carries the whole context (about 8 bytes a token of num_ctx).
+        whole = self.body is not None and self.body.get("stream") is False
+        long_line = whole or self.endpoint == "generate"
+        self._decoder = NDJSONDecoder(MAX_WHOLE_REPLY_BYTES if long_line else MAX_LINE_BYTES, server=plan.server)
         self._attempt_started = self._clock()
         self._attempt_wall = self._wall()
         self._consumer_mark = self.consumer_s

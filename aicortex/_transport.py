@@ -52,7 +52,7 @@ from ._protocol import MAX_LINE_BYTES, NDJSONDecoder, encode_body, error_text
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import AttemptPlan
 
-__all__ = ["Transport", "SyncBody", "ssl_context", "status_error", "USER_AGENT", "DRAIN_BYTES", "DRAIN_S", "MAX_PROBE_BYTES", "show_object"]
+__all__ = ["Transport", "SyncBody", "client_headers", "ssl_context", "status_error", "USER_AGENT", "DRAIN_BYTES", "DRAIN_S", "MAX_PROBE_BYTES", "show_object"]
 
 #: Longest probe reply read (/api/tags, /api/ps, /api/version, /api/show), in bytes.
 MAX_PROBE_BYTES = 8 << 20
@@ -102,7 +102,7 @@ class Transport:
         self._server_headers: dict[str, dict[str, str]] = {}
         self._client = client or httpx.Client(
             # identity: the body is read raw (iter_raw), so a compressed reply is never asked for
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
+            headers=client_headers(headers),
             verify=ssl_context(verify),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
             follow_redirects=False,
@@ -277,6 +277,19 @@ class Transport:
 
 
 _NO_HEADERS: Mapping[str, str] = {}
+
+
+def client_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers of every request: ``User-Agent: aicortex/...`` and
+    ``Accept-Encoding: identity`` (the body is read raw), then the caller's, which
+    replace ours of the same name in any letter case (HTTP names are case-insensitive:
+    ``{"user-agent": ...}`` must not add a second User-Agent)."""
+    out = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    for name, value in (headers or {}).items():
+        for same in [k for k in out if k.lower() == name.lower()]:
+            del out[same]
+        out[name] = value
+    return out
 
 
 def _check_open(closed: bool, cause: BaseException | None = None) -> None:

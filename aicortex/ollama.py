@@ -18,8 +18,8 @@ and are also :class:`~aicortex.AICortexError`; a server that cannot be reached i
 
 ``host`` decides what a client talks to:
 
-- one URL (``Client("http://gpu1:11434")``): that server only, as the official client
-  does on the wire: the same request bodies (``"stream"`` as you asked), no discovery,
+- one URL (``Client("http://gpu1:11434")``; ``""`` is ``OLLAMA_HOST``, as there): that
+  server only, as the official client does on the wire: the same request bodies (``"stream"`` as you asked), no discovery,
   no routing; timeouts as you give them (none by default, as there).
 - several URLs (``Client(["http://gpu1:11434", "http://gpu2:11434"])``): a fleet, with
   discovery, warm-first routing, circuit breakers and failover; inference is streamed
@@ -48,7 +48,7 @@ import dataclasses
 import datetime
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 try:
@@ -70,11 +70,13 @@ from ._exceptions import (
     ConnectTimeout,
     HTTPStatusError,
     ModelNotFound,
+    OllamaError,
     ServerError,
 )
 from ._fleetops import in_order
 from ._models import Reply
 from ._shapes import event_chunk, final_chunk, reply_body
+from ._transport import MAX_PROBE_BYTES
 
 from ollama import (  # noqa: E402 - the official public names, re-exported unchanged
     Image,
@@ -173,7 +175,11 @@ def _translate(exc: BaseException) -> BaseException:
         last = errors[-1] if errors else None
         if isinstance(last, HTTPStatusError):
             return ResponseError(last.error or last.reason, last.status_code, attempts=exc.attempts)
+        if isinstance(last, OllamaError) and last.error:  # an {"error": ...} line: the server's text, as there
+            return ResponseError(last.error, -1, attempts=exc.attempts)
         return ResponseError(str(exc), -1, attempts=exc.attempts)
+    if isinstance(exc, OllamaError) and exc.error:
+        return ResponseError(exc.error, -1)
     if isinstance(exc, ServerError) and not isinstance(exc, (ConnectError, builtins.TimeoutError)):
         return ResponseError(exc.reason, -1)
     return exc
@@ -306,12 +312,13 @@ class _Base:
             host = [h.strip() for h in host.split(",") if h.strip()]
         self._direct = isinstance(host, str)
         try:
-            if isinstance(host, str):
-                self._target: Any = parse_host(host)
+            if isinstance(host, str):  # "" is OLLAMA_HOST, as the official client reads it
+                self._target: Any = parse_host(host or os.environ.get("OLLAMA_HOST"))
             elif host is not None:
-                if isinstance(host, (bytes, Mapping)) or not all(isinstance(h, str) for h in host):
+                hosts = builtins.list(host) if isinstance(host, Iterable) and not isinstance(host, (bytes, Mapping)) else None
+                if hosts is None or not all(isinstance(h, str) for h in hosts):
                     raise RequestError(f"host must be a URL or a list of URLs, got {host!r}")
-                self._target = [parse_host(h) for h in host]
+                self._target = [parse_host(h) for h in hosts]
                 if not self._target:
                     raise RequestError("host is an empty list: give one URL or several")
             else:
@@ -324,12 +331,19 @@ class _Base:
             auth["authorization"] = f"Bearer {api_key}"  # as the official client does
         self._headers = auth
         self._verify = verify
-        self._timeouts = self._timeouts_of(timeout)
+        try:
+            self._timeouts = self._timeouts_of(timeout)
+        except ConfigError as exc:  # a negative or non-numeric limit: RequestError, as every wrong argument
+            _raise(exc)
+        # The read limit of the calls besides chat/generate (list, show, embed, pull...):
+        # the caller's, as httpx applies it to every call; none unless given.
+        self._read_timeout_s = None if timeout is None else self._timeouts.stall
         self._core: Any = None
         self._lock = threading.Lock()
 
     def _timeouts_of(self, timeout: Any) -> Timeouts:
-        """httpx's ``timeout`` (``None``, seconds, or an ``httpx.Timeout``) as aicortex
+        """httpx's ``timeout`` (``None``, seconds, an ``httpx.Timeout`` or its
+        ``(connect, read, write, pool)`` tuple) as aicortex
         limits. One host: none by default, as the official client (httpx ``timeout=None``);
         a fleet: aicortex's defaults, which failover needs."""
         if timeout is None:
@@ -338,6 +352,13 @@ class _Base:
             return Timeouts()
         if isinstance(timeout, (int, float)):
             return Timeouts.of(float(timeout))
+        if isinstance(timeout, tuple):  # httpx's (connect, read, write, pool)
+            import httpx
+
+            try:
+                timeout = httpx.Timeout(timeout)
+            except (TypeError, ValueError, IndexError) as exc:
+                raise RequestError(f"timeout as a tuple is httpx's (connect, read, write, pool), got {timeout!r}") from exc
         read = getattr(timeout, "read", None)
         connect = getattr(timeout, "connect", None)
         if read is None and connect is None and not hasattr(timeout, "read"):
@@ -353,7 +374,12 @@ class _Base:
                 self._core = self._core_class(
                     self._target, timeout=self._timeouts, headers=self._headers, verify=self._verify, **self._core_kw
                 )
+                self._built(self._core)
             return self._core
+
+    def _built(self, core: Any) -> None:
+        """Called once the client underneath is built."""
+
 
     def _wire(self, body: dict[str, Any]) -> dict[str, Any]:
         # One host: the official body as it is. A fleet: streamed from the servers, so a
@@ -422,11 +448,24 @@ def _whole(endpoint: Literal["chat", "generate"], reply: Reply, model: str) -> A
     return _riding(_RESPONSE[endpoint], reply_body(reply, endpoint=endpoint, model=model), reply)
 
 
+def _details(details: Mapping[str, Any]) -> Any:
+    """A server's ``details`` object as the official ``ModelDetails``: the fields it
+    knows, each kept only if that type accepts it (one odd server never breaks ``list()``)."""
+    kept: dict[str, Any] = {}
+    for key, value in details.items():
+        if key in _t.ModelDetails.model_fields:
+            try:
+                _t.ModelDetails(**{key: value})
+            except ValidationError:
+                continue
+            kept[key] = value
+    return _t.ModelDetails(**kept)
+
+
 def _list_response(models: Sequence[Any]) -> Any:
     return ListResponse(models=[
         ListResponse.Model(
-            model=m.name, size=m.size or None, digest=(m.digests[0] if m.digests else None),
-            details=_t.ModelDetails(**{k: v for k, v in dict(m.details).items() if k in _t.ModelDetails.model_fields}),
+            model=m.name, size=m.size or None, digest=(m.digests[0] if m.digests else None), details=_details(m.details),
         )
         for m in models
     ])
@@ -461,11 +500,38 @@ def _progress(p: Any) -> Any:
     return _riding(ProgressResponse, {"status": p.status, "digest": p.digest, "total": p.total, "completed": p.completed}, p)
 
 
+class _PullLeft(Exception):
+    """Raised in a fleet pull's progress callback once the caller left the stream."""
+
+
 def _json_reply(cls: Any, data: bytes) -> Any:
     try:
         return cls.model_validate_json(data)
     except ValidationError as exc:
         raise ResponseError(f"the server's reply is not a valid {cls.__name__}: {exc}", -1) from exc
+
+
+def _line_reply(cls: Any, obj: Mapping[str, Any]) -> Any:
+    """One streamed NDJSON line as ``cls``; a line the official type refuses is a
+    ``ResponseError`` (``-1``), not pydantic's ``ValidationError``."""
+    try:
+        return _riding(cls, obj, None)
+    except ValidationError as exc:
+        raise ResponseError(f"the server's line is not a valid {cls.__name__}: {exc}", -1) from exc
+
+
+#: Room for one embedding vector in an /api/embed reply, bytes: 8192 dimensions of up to
+#: 32 characters of JSON each. One host's reply to a batch may be this much per input.
+EMBED_BYTES_PER_INPUT = 256 << 10
+
+
+def _embed_limit(body: Mapping[str, Any]) -> int:
+    """The longest /api/embed reply read for this request, bytes: the probe bound plus
+    room for each input's vector (the official client reads any length; a batch of a
+    thousand 768-dimension vectors is about 10 MB)."""
+    inputs = body.get("input")
+    count = len(inputs) if isinstance(inputs, builtins.list) else 1
+    return MAX_PROBE_BYTES + count * EMBED_BYTES_PER_INPUT
 
 
 def _accept_json(url: str, data: bytes) -> bytes:
@@ -496,16 +562,21 @@ class Client(_Base):
 
     # -- inference ------------------------------------------------------------------------------
     def _infer(self, endpoint: Literal["chat", "generate"], body: dict[str, Any], stream: bool) -> Any:
+        if stream:
+            return self._chunks(endpoint, body)
         try:
-            result = self.fleet_client._forward(endpoint, self._wire(body), stream=stream, direct=self._direct, keep_events=False)
-            if not stream:
-                return _whole(endpoint, result, body["model"])
+            result = self.fleet_client._forward(endpoint, self._wire(body), stream=False, direct=self._direct, keep_events=False)
         except AICortexError as exc:
             _raise(exc)
-        return self._chunks(endpoint, body["model"], result)
+        return _whole(endpoint, result, body["model"])
 
-    def _chunks(self, endpoint: Literal["chat", "generate"], model: str, stream: Any) -> Iterator[Any]:
-        shaper = _Chunks(endpoint, model)
+    def _chunks(self, endpoint: Literal["chat", "generate"], body: dict[str, Any]) -> Iterator[Any]:
+        # A generator, as the official client's: routing and its errors come at the first next().
+        shaper = _Chunks(endpoint, body["model"])
+        try:
+            stream = self.fleet_client._forward(endpoint, self._wire(body), stream=True, direct=self._direct, keep_events=False)
+        except AICortexError as exc:
+            _raise(exc)
         with stream:
             try:
                 for event in stream:
@@ -564,12 +635,16 @@ class Client(_Base):
         """``POST /api/embed``, as the official ``Client.embed``. One host: that server,
         the official body. A fleet: a long input list is split into batches spread over
         every server with the model (aicortex's :meth:`aicortex.Client.embed`), vectors in
-        input order; ``.aicortex`` is the :class:`~aicortex.EmbedResult`."""
+        input order; ``.aicortex`` is the :class:`~aicortex.EmbedResult`. An empty input
+        (``""``, ``[]``) goes as it is to the first server with the model, which loads it
+        and answers no vectors, as one Ollama does."""
         body = _build(lambda: _t.EmbedRequest(model=model, input=input, truncate=truncate, options=options,
                                               keep_alive=keep_alive, dimensions=dimensions))
+        if body.get("input") in ("", []):  # Ollama loads the model and answers no vectors
+            return _json_reply(EmbedResponse, self._first_with(model, "POST", "/api/embed", body))  # type: ignore[no-any-return]
         try:
             if self._direct:
-                return _json_reply(EmbedResponse, self._raw("POST", "/api/embed", body))  # type: ignore[no-any-return]
+                return _json_reply(EmbedResponse, self._raw("POST", "/api/embed", body, limit=_embed_limit(body)))  # type: ignore[no-any-return]
             result = self.fleet_client.embed(input, model=model, truncate=truncate, dimensions=dimensions,
                                              options=body.get("options"), keep_alive=keep_alive)
         except AICortexError as exc:
@@ -583,10 +658,11 @@ class Client(_Base):
         return _json_reply(EmbeddingsResponse, self._first_with(model, "POST", "/api/embeddings", body))
 
     # -- fleet operations -----------------------------------------------------------------------
-    def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None) -> bytes:
+    def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None,
+             limit: int = MAX_PROBE_BYTES) -> bytes:
         core = self.fleet_client
         data: bytes = core._transport.request_json(
-            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None,
+            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s, limit=limit,
         )
         return data
 
@@ -640,7 +716,8 @@ class Client(_Base):
         """``POST /api/pull``. One host: as the official client. A fleet: on every server
         at once; ``stream=True`` yields every server's progress lines as they arrive (the
         server on ``.aicortex.server``), then one ``"success"``; a server that failed is a
-        ``ResponseError`` naming it, after the others finished."""
+        ``ResponseError`` naming it, after the others finished. Leaving the stream early
+        (``break``, ``close()``) stops the pulls, as a closed stream stops Ollama's."""
         body = _build(lambda: _t.PullRequest(model=model, insecure=insecure, stream=stream))
         if self._direct:
             return self._stream_or_json("/api/pull", body, stream)  # type: ignore[no-any-return]
@@ -658,10 +735,18 @@ class Client(_Base):
 
         items: "queue.Queue[Any]" = queue.Queue()
         done = object()
+        left = threading.Event()  # the caller stopped reading: stop the pulls, as a closed stream does
+
+        def report(progress: Any) -> None:
+            if left.is_set():
+                raise _PullLeft  # aicortex.Client.pull stops reading every server on it
+            items.put(progress)
 
         def run() -> None:
             try:
-                items.put(self.fleet_client.pull(model, on_progress=items.put, insecure=insecure))
+                items.put(self.fleet_client.pull(model, on_progress=report, insecure=insecure))
+            except _PullLeft:
+                pass
             except BaseException as exc:  # handed to the reading thread
                 items.put(exc)
             items.put(done)
@@ -669,30 +754,39 @@ class Client(_Base):
         thread = threading.Thread(target=run, name="aicortex-ollama-pull", daemon=True)
         thread.start()
         results: Any = None
-        while (item := items.get()) is not done:
-            if isinstance(item, BaseException):
-                _raise(item)
-            if isinstance(item, builtins.list):
-                results = item
-                continue
-            yield _progress(item)
+        try:
+            while (item := items.get()) is not done:
+                if isinstance(item, BaseException):
+                    _raise(item)
+                if isinstance(item, builtins.list):
+                    results = item
+                    continue
+                yield _progress(item)
+        finally:
+            left.set()
         thread.join()
         _status(results or [], f"pull {model!r}")
         yield _riding(ProgressResponse, {"status": "success"}, results)
 
     def _stream_or_json(self, path: str, body: dict[str, Any], stream: bool) -> Any:
         if not stream:
-            return _json_reply(ProgressResponse, self._raw("POST", path, body))
+            try:
+                return _json_reply(ProgressResponse, self._raw("POST", path, body))
+            except AICortexError as exc:  # the server's HTTP error: a ResponseError, as there
+                _raise(exc)
         return self._lines(path, body)
 
     def _lines(self, path: str, body: dict[str, Any]) -> Iterator[Any]:
-        core = self.fleet_client
-        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None)
+        try:
+            core = self.fleet_client  # built on first use: a bad setting is a RequestError here too
+        except AICortexError as exc:
+            _raise(exc)
+        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s)
         try:
             for obj in lines:
                 if obj.get("error"):
                     raise ResponseError(str(obj["error"]), -1)
-                yield _riding(ProgressResponse, obj, None)
+                yield _line_reply(ProgressResponse, obj)
         except AICortexError as exc:
             _raise(exc)
         finally:
@@ -781,17 +875,30 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _built(self, core: Any) -> None:
+        # The official README lets its AsyncClient go unclosed and httpx says nothing of
+        # it; aiohttp's pool would log "Unclosed client session". When the client
+        # underneath is let go (or at exit), drop its pool quietly.
+        import weakref
+
+        weakref.finalize(core, core._transport.release)
+
     async def _infer(self, endpoint: Literal["chat", "generate"], body: dict[str, Any], stream: bool) -> Any:
+        if stream:
+            return self._chunks(endpoint, body)
         try:
-            result = await self.fleet_client._forward(endpoint, self._wire(body), stream=stream, direct=self._direct, keep_events=False)
-            if not stream:
-                return _whole(endpoint, result, body["model"])
+            result = await self.fleet_client._forward(endpoint, self._wire(body), stream=False, direct=self._direct, keep_events=False)
         except AICortexError as exc:
             _raise(exc)
-        return self._chunks(endpoint, body["model"], result)
+        return _whole(endpoint, result, body["model"])
 
-    async def _chunks(self, endpoint: Literal["chat", "generate"], model: str, stream: Any) -> AsyncIterator[Any]:
-        shaper = _Chunks(endpoint, model)
+    async def _chunks(self, endpoint: Literal["chat", "generate"], body: dict[str, Any]) -> AsyncIterator[Any]:
+        # As the official client's async generator: routing and its errors come while iterating.
+        shaper = _Chunks(endpoint, body["model"])
+        try:
+            stream = await self.fleet_client._forward(endpoint, self._wire(body), stream=True, direct=self._direct, keep_events=False)
+        except AICortexError as exc:
+            _raise(exc)
         async with stream:
             try:
                 async for event in stream:
@@ -826,9 +933,11 @@ class AsyncClient(_Base):
         """As :meth:`Client.embed`, awaited."""
         body = _build(lambda: _t.EmbedRequest(model=model, input=input, truncate=truncate, options=options,
                                               keep_alive=keep_alive, dimensions=dimensions))
+        if body.get("input") in ("", []):  # Ollama loads the model and answers no vectors
+            return _json_reply(EmbedResponse, await self._first_with(model, "POST", "/api/embed", body))  # type: ignore[no-any-return]
         try:
             if self._direct:
-                return _json_reply(EmbedResponse, await self._raw("POST", "/api/embed", body))  # type: ignore[no-any-return]
+                return _json_reply(EmbedResponse, await self._raw("POST", "/api/embed", body, limit=_embed_limit(body)))  # type: ignore[no-any-return]
             result = await self.fleet_client.embed(input, model=model, truncate=truncate, dimensions=dimensions,
                                                    options=body.get("options"), keep_alive=keep_alive)
         except AICortexError as exc:
@@ -840,10 +949,11 @@ class AsyncClient(_Base):
         body = _build(lambda: _t.EmbeddingsRequest(model=model, prompt=prompt, options=options, keep_alive=keep_alive))
         return _json_reply(EmbeddingsResponse, await self._first_with(model, "POST", "/api/embeddings", body))
 
-    async def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None) -> bytes:
+    async def _raw(self, method: str, path: str, body: Mapping[str, Any] | None, url: str | None = None,
+                   limit: int = MAX_PROBE_BYTES) -> bytes:
         core = self.fleet_client
         data: bytes = await core._transport.request_json(
-            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None,
+            url or self._url(), method, path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s, limit=limit,
         )
         return data
 
@@ -919,17 +1029,23 @@ class AsyncClient(_Base):
 
     async def _stream_or_json(self, path: str, body: dict[str, Any], stream: bool) -> Any:
         if not stream:
-            return _json_reply(ProgressResponse, await self._raw("POST", path, body))
+            try:
+                return _json_reply(ProgressResponse, await self._raw("POST", path, body))
+            except AICortexError as exc:  # the server's HTTP error: a ResponseError, as there
+                _raise(exc)
         return self._lines(path, body)
 
     async def _lines(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        core = self.fleet_client
-        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=None)
+        try:
+            core = self.fleet_client  # built on first use: a bad setting is a RequestError here too
+        except AICortexError as exc:
+            _raise(exc)
+        lines = core._transport.stream_lines(self._url(), "POST", path, body, connect_timeout_s=core.timeouts.connect, read_timeout_s=self._read_timeout_s)
         try:
             async for obj in lines:
                 if obj.get("error"):
                     raise ResponseError(str(obj["error"]), -1)
-                yield _riding(ProgressResponse, obj, None)
+                yield _line_reply(ProgressResponse, obj)
         except AICortexError as exc:
             _raise(exc)
         finally:
