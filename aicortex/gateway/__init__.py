@@ -38,8 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._client import AsyncClient
     from .._registry import Registry
     from ._app import Gateway, GatewayConfig
+    from ._server import ServerThread
 
-__all__ = ["create_app", "Gateway", "GatewayConfig", "REQUEST_ID_HEADER"]
+__all__ = ["create_app", "Gateway", "GatewayConfig", "REQUEST_ID_HEADER", "ServerThread"]
 
 _MISSING = (
     "the aicortex gateway needs Starlette, uvicorn and prometheus-client: "
@@ -114,6 +115,10 @@ def __getattr__(name: str) -> Any:
         if _app is None:
             _app = create_app()
         return _app
+    if name == "ServerThread":
+        from ._server import ServerThread
+
+        return ServerThread
     if name in ("Gateway", "GatewayConfig", "REQUEST_ID_HEADER"):
         _require()
         from . import _app as module

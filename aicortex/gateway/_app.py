@@ -391,7 +391,7 @@ class Gateway:
         ]
         self.router = Starlette(
             routes=routes, lifespan=self._lifespan,
-            exception_handlers={404: self._not_found, 405: self._not_allowed},  # type: ignore[dict-item]
+            exception_handlers={404: self._not_found, 405: self._not_allowed},
         )
 
     # -- ASGI --------------------------------------------------------------------------------
@@ -433,7 +433,7 @@ class Gateway:
     def _log(self, scope: Scope, status: int, elapsed: float, info: Mapping[str, Any]) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
-        fields = {
+        fields: dict[str, Any] = {
             "method": scope.get("method"), "path": scope.get("path"), "status": status or 499,
             "ms": round(elapsed * 1000, 1), "client": info.get("client"),
         }
@@ -587,16 +587,16 @@ class Gateway:
         """``GET /api/tags``: the union of the fleet's models, one entry per model (the
         first server's listing of it)."""
         await self.ensure_fresh()
-        models = []
+        models: list[dict[str, Any]] = []
         for entries in self.client.fleet.snapshot.entries.values():
             if not entries:
                 continue
             e = entries[0][1]
-            models.append({
+            models.append({  # Ollama's /api/tags entry (docs/api.md, "List Local Models")
                 "name": e.name, "model": e.name, "modified_at": e.modified_at, "size": e.size,
                 "digest": e.digest, "details": dict(e.details),
             })
-        models.sort(key=lambda m: m["name"])
+        models.sort(key=lambda m: str(m["name"]))
         return _json({"models": models})
 
     async def ps(self, request: "Request") -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -28,7 +29,7 @@ __all__ = ["KeyRing", "load_keys", "is_loopback"]
 MIN_KEY_CHARS = 16
 
 
-def load_keys(keys: Iterable[str] | None = None, keys_file: "str | Path | None" = None, *, environ: bool = True) -> tuple[str, ...]:
+def load_keys(keys: Iterable[str] | None = None, keys_file: "str | os.PathLike[str] | None" = None, *, environ: bool = True) -> tuple[str, ...]:
     """Every key given: ``keys``, the lines of ``keys_file``, and (with ``environ``) those
     of ``AICORTEX_GATEWAY_KEYS`` / ``AICORTEX_GATEWAY_KEYS_FILE``.
 
