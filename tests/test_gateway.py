@@ -445,3 +445,26 @@ def test_many_concurrent_streams_each_survive_failover(fleet):
 
     assert asyncio.run(run()) == [FULL] * 20
     assert time.monotonic()  # (no wall-clock bound: see benchmarks/bench_gateway.py)
+
+
+def test_load_and_unload_requests_are_one_json_object(fleet):
+    fl = fleet()
+    r = httpx.post(fl.url + "/api/chat", json={"model": MODEL})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json; charset=utf-8"
+    assert r.json()["done_reason"] == "load" and r.json()["done"] is True
+    r = httpx.post(fl.url + "/api/generate", json={"model": MODEL, "keep_alive": 0})
+    assert r.json()["done_reason"] == "unload"
+
+
+def test_thinking_and_tool_calls_pass_through_the_ollama_client(fleet):
+    fl = fleet()
+    call = {"name": "get_weather", "arguments": {"city": "Tokyo"}}
+    fl.fakes[0].push(Script(thinking=("Let me ", "think"), tokens=("Sure",), tool_calls=(call,)))
+    parts = list(fl.ollama().chat(model=MODEL, messages=ask(), think=True, stream=True,
+                                  tools=[{"type": "function", "function": {"name": "get_weather"}}]))
+    assert "".join(p.message.thinking or "" for p in parts) == "Let me think"
+    assert "".join(p.message.content for p in parts) == "Sure"
+    calls = [c for p in parts for c in (p.message.tool_calls or ())]
+    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [("get_weather", {"city": "Tokyo"})]
+    sent = fl.fakes[0].chat_requests[0].body
+    assert sent["think"] is True and sent["tools"][0]["function"]["name"] == "get_weather"

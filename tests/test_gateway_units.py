@@ -271,3 +271,21 @@ def test_create_app_rejects_unknown_settings(registry):
 
     with pytest.raises(ConfigError, match="max_actve"):
         create_app(registry, max_actve=3)
+
+
+@pytest.mark.parametrize("protocol, endpoint", [("ollama", "chat"), ("ollama", "generate"), ("openai", "chat")])
+def test_relay_fast_path_writes_what_the_shapes_write(protocol, endpoint):
+    from aicortex._shapes import event_chunk
+
+    r = Relay(protocol, endpoint=endpoint, model='m"ü', request_id="chatcmpl-1", created=5)
+    r.event(tok("first"))
+    text = 'a "quote", ü, \n and </think>'
+    fast = r.event(tok(text))
+    if protocol == "openai":
+        assert fast.startswith(b"data: ") and fast.endswith(b"\n\n")
+        assert json.loads(fast[6:]) == _openai.chunk("chatcmpl-1", 'm"ü', 5, {"content": text})
+    else:
+        obj = json.loads(fast)
+        assert fast.endswith(b"\n") and fast.count(b"\n") == 1
+        assert obj == event_chunk(tok(text), endpoint=endpoint, model='m"ü', stamp=obj["created_at"])
+        assert obj["created_at"].endswith("Z") and len(obj["created_at"]) == 27

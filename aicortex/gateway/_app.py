@@ -393,6 +393,11 @@ class Gateway:
             routes=routes, lifespan=self._lifespan,
             exception_handlers={404: self._not_found, 405: self._not_allowed},
         )
+        # The generating routes skip the router and its exception wrappers (two wrapped
+        # ``send`` calls per streamed chunk): they handle their own errors.
+        self._hot: dict[str, Callable[["Request"], Awaitable[Any]]] = {
+            "/api/chat": self.chat, "/api/generate": self.generate, "/v1/chat/completions": self.openai_chat,
+        }
 
     # -- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -417,7 +422,14 @@ class Gateway:
                 if not ok:
                     await _fail_response(protocol, _Fail(401, why, "invalid_api_key"))(scope, receive, send_status)
                     return
-            await self.router(scope, receive, send_status)
+            hot = self._hot.get(path) if scope.get("method") == "POST" else None
+            if hot is not None:
+                from starlette.requests import Request
+
+                response = await hot(Request(scope, receive))
+                await response(scope, receive, send_status)
+            else:
+                await self.router(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.request(_route_label(path), status[0] or 499)

@@ -18,7 +18,10 @@ invisible as well.
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
+from json.encoder import encode_basestring  # the C encoder of json.dumps(ensure_ascii=False)
 from typing import Any, Literal
 
 from .._models import StreamEvent, Usage
@@ -43,6 +46,20 @@ Protocol = Literal["ollama", "openai"]
 def encode(obj: Any) -> bytes:
     """Compact JSON, UTF-8 (non-ASCII characters as they are)."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_stamp_cache: list[Any] = [-1, ""]
+
+
+def stamp() -> str:
+    """Ollama's ``created_at`` for now (RFC 3339, UTC, microseconds), formatted at most once
+    per millisecond (formatting costs more than the rest of a chunk)."""
+    now = time.time()
+    ms = int(now * 1000)
+    if ms != _stamp_cache[0]:
+        _stamp_cache[0] = ms
+        _stamp_cache[1] = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(_stamp_cache[1])
 
 
 class Relay:
@@ -81,6 +98,23 @@ class Relay:
         self._tools = 0
         self.structured = structured
         self.templated = templated
+        # The fast path of the common chunk (a token without logprobs): its JSON is the
+        # same as event_chunk's / _openai.chunk's, written from pre-encoded pieces.
+        name = encode_basestring(model)
+        if protocol == "openai":
+            self._head = (
+                f'data: {{"id":{encode_basestring(request_id)},"object":"chat.completion.chunk","created":{int(created)},'
+                f'"model":{name},"system_fingerprint":"fp_aicortex","choices":[{{"index":0,"delta":{{"content":'
+            ).encode()
+            self._tail = b'},"finish_reason":null}]}\n\n'
+        elif endpoint == "chat":
+            self._head = f'{{"model":{name},"created_at":"'.encode()
+            self._mid = b'","message":{"role":"assistant","content":'
+            self._tail = b'},"done":false}\n'
+        else:
+            self._head = f'{{"model":{name},"created_at":"'.encode()
+            self._mid = b'","response":'
+            self._tail = b',"done":false}\n'
 
     # -- framing ---------------------------------------------------------------------------
     def _frame(self, obj: Any) -> bytes:
@@ -98,6 +132,11 @@ class Relay:
         """The bytes to write for ``ev`` (``b""`` for none). After a ``reset`` that cannot
         be hidden it returns the error line and sets :attr:`broken`."""
         kind = ev.type
+        if kind == "token" and self.sent and not ev.logprobs and self.broken is None:
+            text = encode_basestring(ev.content).encode()
+            if self.protocol == "openai":
+                return self._head + text + self._tail
+            return self._head + stamp().encode() + self._mid + text + self._tail
         if kind in OUTPUT_EVENTS:
             if self.broken is not None:
                 return b""
@@ -107,7 +146,7 @@ class Relay:
                 delta = _openai.delta_of(ev, first=not self.sent, tool_index=self._tools - 1)
                 self.sent = True
                 return self._frame(_openai.chunk(self.request_id, self.model, self.created, delta or {}))
-            chunk = event_chunk(ev, endpoint=self.endpoint, model=self.model)
+            chunk = event_chunk(ev, endpoint=self.endpoint, model=self.model, stamp=stamp())
             self.sent = True
             return self._frame(chunk) if chunk is not None else b""
         if kind == "meta" and ev.meta:
@@ -151,7 +190,7 @@ class Relay:
             if self.include_usage:
                 out += self._frame(_openai.usage_chunk(self.request_id, self.model, self.created, usage))
             return out + b"data: [DONE]\n\n"
-        final = final_chunk(endpoint=self.endpoint, model=self.model, usage=usage, context=context)
+        final = final_chunk(endpoint=self.endpoint, model=self.model, usage=usage, context=context, stamp=stamp())
         final.update(extra)
         return self._frame(final)
 
