@@ -319,6 +319,15 @@ class _FleetReply:
                 data = relay.error(_midstream_error(exc))
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        if stream.complete and relay.broken is None:
+            # The flow drains the finished upstream body after ``end`` so that its
+            # connection goes back to the pool (closing it would cost a new TCP
+            # connection per request); the client already has its whole answer.
+            try:
+                async for _ in stream:
+                    pass
+            except AICortexError:  # pragma: no cover - the reply was complete
+                pass
 
     def _bytes(self, relay: Relay, stream: "AsyncStream", ev: Any) -> bytes:
         if ev.type == "end":
