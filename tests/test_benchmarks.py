@@ -215,3 +215,16 @@ def test_embed(tmp_path, capsys):
     assert [r[2] for r in data["rows"]] == [200] * 4  # every consumer embedded every input
     assert "identical to the official client's, in input order: True" in out
     assert data["targets"]["speedup_sync"] > 0
+
+
+def test_gateway(tmp_path, capsys):
+    import bench_gateway
+
+    result = bench_gateway.run(quick=True)
+    out, data = _emit(result, tmp_path, capsys)
+    _check_table(out, result["columns"], 2)
+    rows = {r["path"]: r for r in data["rows"]}
+    assert all(r["errors"] == 0 for r in rows.values())
+    gw = rows["gateway (h11 + asyncio)"]
+    assert gw["chunks_total"] == 20 * 10 and gw["gateway_cpu_us_per_chunk"] > 0
+    assert gw["added_ttft_ms_p99"] is not None
