@@ -468,3 +468,42 @@ def test_thinking_and_tool_calls_pass_through_the_ollama_client(fleet):
     assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [("get_weather", {"city": "Tokyo"})]
     sent = fl.fakes[0].chat_requests[0].body
     assert sent["think"] is True and sent["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_aicortex_serve_runs_the_gateway(tmp_path):
+    """`aicortex serve` as a user runs it: a child process on a free loopback port, over a
+    registry file; stopped by its own PID."""
+    import subprocess
+    import sys
+
+    with FakeOllama(models=[MODEL], script=Script(tokens=WORDS)) as fake:
+        db = tmp_path / "servers.db"
+        reg = Registry(db, seed=False)
+        reg.add(fake.url)
+        reg.close()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aicortex", "serve", "--db", str(db), "--port", str(port), "--refresh-interval", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(url + "/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "aicortex serve did not start"
+                time.sleep(0.05)
+            with ollama.Client(host=url) as client:
+                assert client.chat(model=MODEL, messages=ask()).message.content == FULL
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=15)
+        assert f"gateway on http://127.0.0.1:{port}" in err
+        assert '"path":"/api/chat","status":200' in err  # the access log line
