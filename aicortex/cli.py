@@ -919,8 +919,10 @@ def serve(
     host: str, port: int, keys_file: str | None, insecure: bool, max_active: int, max_queue: int, per_client: int,
     max_body_mb: float, refresh_interval: float, log_level: str, db: str | None,
 ) -> None:
-    """Run the gateway: Ollama's and OpenAI's APIs in front of the fleet, with mid-reply
-    failover that clients do not see (needs `pip install 'aicortex[gateway]'`).
+    """Run the gateway: the Ollama and OpenAI APIs in front of the fleet.
+
+    Every client of Ollama or OpenAI gets mid-reply failover that it does not see
+    (needs `pip install 'aicortex[gateway]'`).
 
     Point any Ollama client at http://HOST:PORT (OLLAMA_HOST=HOST:PORT) and any OpenAI
     client at http://HOST:PORT/v1. A non-loopback --host needs API keys (or --insecure).
