@@ -507,3 +507,20 @@ def test_aicortex_serve_runs_the_gateway(tmp_path):
             _, err = proc.communicate(timeout=15)
         assert f"gateway on http://127.0.0.1:{port}" in err
         assert '"path":"/api/chat","status":200' in err  # the access log line
+
+
+def test_a_finished_upstream_body_is_drained_not_cut(fleet, caplog):
+    # A server that holds its body open after done: the client's answer ends at once, and
+    # the gateway then drains the upstream body (so its connection goes back to the pool)
+    # instead of taking the end of the client's side for a disconnect and cutting it.
+    fl = fleet()
+    fl.fakes[0].push(Script(tokens=WORDS, hold_after_done=0.1))  # within the drain limit (DRAIN_S)
+    with caplog.at_level("INFO", logger="aicortex.gateway.access"):
+        lines = _ndjson(fl.url + "/api/chat", {"model": MODEL, "messages": ask()})
+        assert lines[-1]["done"] is True
+        deadline = time.monotonic() + 5
+        while not any(r.name == "aicortex.gateway.access" for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aicortex.gateway.access"]
+    assert access[0]["status"] == 200 and access[0]["ms"] >= 100  # it waited for the drain
+    assert "disconnected" not in access[0]

@@ -209,6 +209,8 @@ class _FleetReply:
         self.model, self.stream, self.client_key, self.request_id = model, stream, client_key, request_id
         self.include_usage = include_usage
         self.created = int(time.time())
+        #: The whole answer was sent (what is left is draining the upstream body).
+        self.responded = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info = scope.setdefault("aicortex", {})
@@ -216,6 +218,8 @@ class _FleetReply:
         watch = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if self.responded and not work.done():
+                await asyncio.wait({work})  # answered; only the upstream drain is left
         finally:
             if not work.done():
                 info["disconnected"] = True
@@ -319,6 +323,7 @@ class _FleetReply:
                 data = relay.error(_midstream_error(exc))
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        self.responded = True
         if stream.complete and relay.broken is None:
             # The flow drains the finished upstream body after ``end`` so that its
             # connection goes back to the pool (closing it would cost a new TCP
