@@ -524,3 +524,21 @@ def test_a_finished_upstream_body_is_drained_not_cut(fleet, caplog):
     access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aicortex.gateway.access"]
     assert access[0]["status"] == 200 and access[0]["ms"] >= 100  # it waited for the drain
     assert "disconnected" not in access[0]
+
+
+def test_every_server_dying_mid_reply_ends_with_an_error_not_a_truncation(fleet):
+    fl = fleet()
+    for f in fl.fakes:
+        f.push(Script(tokens=WORDS, token_delay=0.002, drop_after=4))
+    got = []
+    with pytest.raises(ollama.ResponseError) as info:
+        for part in fl.ollama().chat(model=MODEL, messages=ask(), stream=True):
+            got.append(part.message.content)
+    assert "no server could continue it" in info.value.error
+    assert FULL.startswith("".join(got)) and len("".join(got)) < len(FULL)
+    # the same on /v1: an error event, which the OpenAI SDK raises
+    for f in fl.fakes:
+        f.push(Script(tokens=WORDS, token_delay=0.002, drop_after=4))
+    with pytest.raises(openai.APIError, match="no server could continue it"):
+        for _ in fl.openai(max_retries=0).chat.completions.create(model=MODEL, messages=ask(), stream=True):
+            pass

@@ -77,12 +77,17 @@ class Metrics:
             logger.debug("metrics recording failed", exc_info=True)
 
     def request(self, route: str, status: int) -> None:
+        """Count one answered request (``route``: a bounded path label; ``status``: HTTP)."""
         self.safely(lambda: self.requests.labels(route, str(status)).inc())
 
     def failover(self, kind: str) -> None:
+        """Count one failover: ``retry``, ``continue``, ``restart`` or ``broken``."""
         self.safely(lambda: self.failovers.labels(kind).inc())
 
     def reply(self, server: str | None, model: str, ttft_s: float | None, tps: float | None) -> None:
+        """Observe a completed reply's TTFT (seconds) and tokens/s under the server that
+        finished it."""
+
         def record() -> None:
             if server is None:
                 return
