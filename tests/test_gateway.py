@@ -113,6 +113,9 @@ def test_ollama_client_not_streamed_fails_over_mid_reply(fleet):
     fl.fakes[0].push(Script(tokens=WORDS, drop_after=7))
     reply = fl.ollama().chat(model=MODEL, messages=ask(), stream=False)
     assert reply.message.content == FULL and reply.done
+    fl.fakes[1].push(Script(tokens=WORDS, drop_after=7))  # fakes[0]'s breaker is open now: fakes[1] serves first
+    body = httpx.post(fl.url + "/api/chat", json={"model": MODEL, "messages": ask(), "stream": False}).json()
+    assert body["message"]["content"] == FULL and body["aicortex"]["failovers"] == ["continue"]
     # upstream is always streamed, whatever the client asked
     assert fl.fakes[0].chat_requests[0].body["stream"] is True
 
@@ -176,7 +179,7 @@ def test_a_failure_before_the_first_token_is_invisible(fleet):
     lines = _ndjson(fl.url + "/api/chat", {"model": MODEL, "messages": ask(), "format": "json"})
     assert "".join(l["message"]["content"] for l in lines) == FULL
     assert lines[-1]["done"] is True and lines[-1]["aicortex"]["server"] == fl.fakes[2].url
-    assert lines[-1]["aicortex"]["attempts"] == 3
+    assert lines[-1]["aicortex"]["attempts"] == 3 and lines[-1]["aicortex"]["failovers"] == ["retry", "retry"]
 
 
 # -- raw HTTP --------------------------------------------------------------------------------------

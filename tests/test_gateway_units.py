@@ -11,7 +11,7 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-from aicortex import ConfigError, StreamEvent, Usage
+from aicortex import Attempt, ConfigError, StreamEvent, Usage
 from aicortex.cli import cli
 from aicortex.gateway import _openai
 from aicortex.gateway._limits import BUSY_ERROR, Busy, Limiter
@@ -38,7 +38,8 @@ def test_relay_hides_a_continuation():
     out = r.event(tok("Hel")) + r.event(StreamEvent("error", "boom")) + r.event(meta("continue")) + r.event(tok("lo"))
     assert [c["message"]["content"] for c in lines(out)] == ["Hel", "lo"]
     assert r.broken is None and r.failovers == ["continue"]
-    final = lines(r.finish(usage=Usage(eval_count=2, done_reason="stop"), server="http://b", attempts=2))[0]
+    attempts = (Attempt("http://a", 1, error=ConfigError("x")), Attempt("http://b", 2, mode="continue"))
+    final = lines(r.finish(usage=Usage(eval_count=2, done_reason="stop"), server="http://b", attempts=attempts))[0]
     assert final["done"] is True and final["eval_count"] == 2
     assert final["aicortex"] == {"request_id": "rid", "server": "http://b", "attempts": 2, "failovers": ["continue"]}
 
@@ -74,7 +75,7 @@ def test_openai_relay_chunks_usage_and_done():
     c1 = json.loads(first[6:])
     assert c1["choices"][0]["delta"] == {"role": "assistant", "content": "Hi"} and c1["created"] == 7
     assert json.loads(second[6:])["choices"][0]["delta"] == {"reasoning": "hmm"}
-    tail = r.finish(usage=Usage(prompt_eval_count=3, eval_count=5, done_reason="length"), server="s", attempts=1)
+    tail = r.finish(usage=Usage(prompt_eval_count=3, eval_count=5, done_reason="length"), server="s", attempts=(Attempt("s", 1),))
     events = [e for e in tail.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]"
     finish, usage = json.loads(events[0][6:]), json.loads(events[1][6:])

@@ -255,7 +255,6 @@ class _FleetReply:
             return await gw.client._forward(self.endpoint, self.body, stream=True)  # type: ignore[return-value]
 
     async def _serve(self, send: Send, info: dict[str, Any]) -> None:
-        gw = self.gw
         try:
             stream = await self._open()
         except AICortexError as exc:
@@ -292,7 +291,7 @@ class _FleetReply:
         except AICortexError as exc:
             await self._fail(send, fail_of(exc, model=self.model))
             return
-        extra = {"aicortex": relay.trailer(reply.server, len(reply.attempts))}
+        extra = {"aicortex": relay.trailer(reply.server, reply.attempts)}
         if self.protocol == "openai":
             body = _openai.chat_completion(self.request_id, self.model, self.created, reply.message, reply.usage, extra)
         else:
@@ -337,7 +336,7 @@ class _FleetReply:
     def _bytes(self, relay: Relay, stream: "AsyncStream", ev: Any) -> bytes:
         if ev.type == "end":
             return relay.finish(
-                usage=stream.usage, server=stream.server, attempts=len(stream.attempts),
+                usage=stream.usage, server=stream.server, attempts=stream.attempts,
                 context=stream._session.context, tool_calls=bool(stream.tool_calls),
             )
         return relay.event(ev)

@@ -22,9 +22,9 @@ import datetime
 import json
 import time
 from json.encoder import encode_basestring  # the C encoder of json.dumps(ensure_ascii=False)
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
-from .._models import StreamEvent, Usage
+from .._models import Attempt, StreamEvent, Usage
 from .._shapes import Endpoint, event_chunk, final_chunk
 from . import _openai
 
@@ -79,7 +79,7 @@ class Relay:
     Attributes:
         sent: output (a token, thinking or a tool call) was written for the client.
         broken: why the reply ended with an in-stream error, or ``None``.
-        failovers: the failover kinds seen (``"continue"`` / ``"restart"``), in order.
+        failovers: the failover kinds seen in the stream (``"continue"`` / ``"restart"``).
     """
 
     def __init__(
@@ -176,7 +176,7 @@ class Relay:
         return self._frame({"error": message})
 
     def finish(
-        self, *, usage: Usage | None, server: str | None, attempts: int,
+        self, *, usage: Usage | None, server: str | None, attempts: "Sequence[Attempt]",
         context: "tuple[int, ...] | None" = None, tool_calls: bool = False,
     ) -> bytes:
         """The closing bytes of a completed reply: Ollama's ``done: true`` chunk with the
@@ -194,7 +194,11 @@ class Relay:
         final.update(extra)
         return self._frame(final)
 
-    def trailer(self, server: str | None, attempts: int) -> dict[str, Any]:
-        """The extra ``aicortex`` object of a final chunk or body."""
-        return {"request_id": self.request_id, "server": server, "attempts": attempts, "failovers": list(self.failovers)}
+    def trailer(self, server: str | None, attempts: "Sequence[Attempt]") -> dict[str, Any]:
+        """The extra ``aicortex`` object of a final chunk or body: ``request_id``, the
+        ``server`` that finished the reply, how many ``attempts`` it took, and the kind
+        of each ``failovers`` step (``retry`` before the first token, ``continue``,
+        ``restart``)."""
+        kinds = ["retry" if a.mode == "fresh" else a.mode for a in attempts[1:]]
+        return {"request_id": self.request_id, "server": server, "attempts": len(attempts), "failovers": kinds}
 
