@@ -912,12 +912,13 @@ def unload(model: str, server_names: tuple[str, ...], as_json: bool, db: str | N
 @click.option("--max-queue", default=1024, show_default=True, type=click.IntRange(0), help="Requests waiting beyond that (then 503).")
 @click.option("--per-client", default=128, show_default=True, type=click.IntRange(0), help="Requests in flight per client key or IP (0: no limit).")
 @click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Largest request body, MiB (then 413).")
+@click.option("--headers-timeout", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Seconds a connection may take to send its request headers (slow-loris), then closed.")
 @click.option("--refresh-interval", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds between fleet refreshes (0: only at start).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]), help="Log level (access log lines are info).")
 @db_option
 def serve(
     host: str, port: int, keys_file: str | None, insecure: bool, max_active: int, max_queue: int, per_client: int,
-    max_body_mb: float, refresh_interval: float, log_level: str, db: str | None,
+    max_body_mb: float, headers_timeout: float, refresh_interval: float, log_level: str, db: str | None,
 ) -> None:
     """Run the gateway: the Ollama and OpenAI APIs in front of the fleet.
 
@@ -931,6 +932,7 @@ def serve(
 
     from .gateway import create_app
     from .gateway._security import is_loopback, load_keys
+    from .gateway._server import http_protocol
 
     with library_errors():
         keys = load_keys(keys_file=keys_file)
@@ -960,7 +962,10 @@ def serve(
             f"{_plural(len(servers), 'server')}, API keys {'on' if keys else 'off'}",
             err=True,
         )
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+        uvicorn.run(
+            app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+            http=http_protocol(headers_timeout),
+        )
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

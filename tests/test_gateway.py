@@ -41,8 +41,9 @@ class Fleet:
         for i, f in enumerate(self.fakes):
             self.registry.add(f.url, name=f"fake{i}", priority=30 - 10 * i)
         config.setdefault("refresh_interval_s", None)
+        headers_timeout_s = config.pop("headers_timeout_s", 10.0)
         self.app = create_app(self.registry, **config)
-        self.server = ServerThread(self.app).start()
+        self.server = ServerThread(self.app, headers_timeout_s=headers_timeout_s).start()
         self.url = self.server.url
         self._clients = []
 
@@ -545,3 +546,17 @@ def test_every_server_dying_mid_reply_ends_with_an_error_not_a_truncation(fleet)
     with pytest.raises(openai.APIError, match="no server could continue it"):
         for _ in fl.openai(max_retries=0).chat.completions.create(model=MODEL, messages=ask(), stream=True):
             pass
+
+
+def test_slow_loris_headers_get_the_connection_closed(fleet):
+    fl = fleet(headers_timeout_s=0.3)
+    sock = socket.create_connection(("127.0.0.1", fl.server.port))
+    sock.settimeout(10)
+    t0 = time.monotonic()
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\n")  # ... and never the rest
+    assert sock.recv(100) == b""  # closed by the gateway
+    assert time.monotonic() - t0 < 5
+    sock.close()
+    # a request whose headers arrive in time is served as usual, also after a slow reply
+    r = httpx.post(fl.url + "/api/chat", json={"model": MODEL, "messages": ask(), "stream": False}, timeout=30)
+    assert r.json()["message"]["content"] == FULL

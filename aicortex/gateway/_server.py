@@ -1,4 +1,5 @@
-"""Running the gateway in a background thread (uvicorn), for tests, demos and benchmarks."""
+"""Serving the gateway with uvicorn: a header timeout for its HTTP protocol, and a
+background-thread server for tests, demos and benchmarks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,76 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["ServerThread"]
+__all__ = ["ServerThread", "http_protocol", "HEADERS_TIMEOUT_S"]
+
+#: Seconds a connection may take to send a request's headers (from its opening, or from
+#: the end of the previous response) before it is closed: a slow-loris client that
+#: trickles header bytes would otherwise hold its connection for ever (uvicorn has no
+#: such limit; its keep-alive timer is reset by every byte).
+HEADERS_TIMEOUT_S = 10.0
+
+
+def http_protocol(headers_timeout_s: float = HEADERS_TIMEOUT_S) -> type:
+    """uvicorn's HTTP protocol class as ``http="auto"`` picks it (httptools when installed,
+    else h11), closing a connection whose request headers do not arrive within
+    ``headers_timeout_s`` seconds. Pass it as ``uvicorn.Config(http=...)``.
+
+    It relies on what both of uvicorn's protocols have: ``cycle`` (the request being
+    served, ``None`` before the first), ``loop``, ``transport``, ``data_received`` and
+    ``on_response_complete``.
+    """
+    import importlib.util
+
+    base: Any
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http import httptools_impl
+
+        base = httptools_impl.HttpToolsProtocol
+    else:
+        from uvicorn.protocols.http import h11_impl
+
+        base = h11_impl.H11Protocol
+
+    class HeadersTimeoutProtocol(base):  # type: ignore[misc]
+        _headers_timer: Any = None
+
+        def _waiting(self) -> bool:
+            cycle = self.cycle
+            return cycle is None or bool(cycle.response_complete)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._headers_timer = self.loop.call_later(headers_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._headers_timer is not None:
+                self._headers_timer.cancel()
+                self._headers_timer = None
+
+        def _expire(self) -> None:
+            self._headers_timer = None
+            if self._waiting() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._headers_timer is not None and not self._waiting():
+                self._disarm()  # a request's headers are in: the app takes over
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._waiting() and not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeadersTimeoutProtocol
 
 
 class ServerThread:
@@ -18,13 +88,18 @@ class ServerThread:
         app: the ASGI application (e.g. :func:`aicortex.gateway.create_app`'s).
         host: address to bind; ``port``: 0 picks a free one.
         log_level: uvicorn's log level.
+        headers_timeout_s: see :data:`HEADERS_TIMEOUT_S`.
 
     Raises (from :meth:`start`):
         RuntimeError: the server did not start within ``start_timeout_s`` seconds.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning", start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning", start_timeout_s: float = 10.0,
+        headers_timeout_s: float = HEADERS_TIMEOUT_S,
+    ) -> None:
         self.app, self.host, self.port = app, host, port
+        self.headers_timeout_s = headers_timeout_s
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
         self._server: Any = None
@@ -43,7 +118,10 @@ class ServerThread:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level=self.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.app, log_level=self.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=2,
+            http=http_protocol(self.headers_timeout_s),
+        )
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"gateway-{self.port}", daemon=True)
         self._thread.start()
