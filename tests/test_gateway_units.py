@@ -290,3 +290,24 @@ def test_relay_fast_path_writes_what_the_shapes_write(protocol, endpoint):
         assert fast.endswith(b"\n") and fast.count(b"\n") == 1
         assert obj == event_chunk(tok(text), endpoint=endpoint, model='m"ü', stamp=obj["created_at"])
         assert obj["created_at"].endswith("Z") and len(obj["created_at"]) == 27
+
+
+def test_module_level_app_for_uvicorn(tmp_path, monkeypatch):
+    import aicortex.gateway as gateway
+    from aicortex import Registry
+    from aicortex.gateway import Gateway
+
+    db = tmp_path / "r.db"
+    Registry(db, seed=False).close()
+    monkeypatch.setenv("AICORTEX_DB", str(db))
+    monkeypatch.setenv("AICORTEX_GATEWAY_KEYS", "z" * 20)
+    monkeypatch.setattr(gateway, "_default_app", None)
+    app = gateway.app  # what `uvicorn aicortex.gateway:app` imports
+    try:
+        assert isinstance(app, Gateway) and app is gateway.app
+        assert str(app.client.registry.path) == str(db) and app.keys.check({"authorization": "Bearer " + "z" * 20})[0]
+    finally:
+        asyncio.run(app.aclose())
+        monkeypatch.setattr(gateway, "_default_app", None)
+    with pytest.raises(AttributeError):
+        gateway.nope  # noqa: B018

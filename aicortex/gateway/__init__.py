@@ -111,10 +111,10 @@ def __getattr__(name: str) -> Any:
     # ``aicortex.gateway:app`` for ``uvicorn aicortex.gateway:app``: built on first access,
     # from the environment (AICORTEX_DB, AICORTEX_GATEWAY_KEYS[_FILE]).
     if name == "app":
-        global _app
-        if _app is None:
-            _app = create_app()
-        return _app
+        global _default_app
+        if _default_app is None:
+            _default_app = create_app()
+        return _default_app
     if name == "ServerThread":
         from ._server import ServerThread
 
@@ -127,4 +127,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_app: Any = None
+_default_app: Any = None  # (not ``_app``: that is the submodule's name)
