@@ -38,9 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._client import AsyncClient
     from .._registry import Registry
     from ._app import Gateway, GatewayConfig
-    from ._server import ServerThread
+    from ._server import ServerThread, http_protocol
 
-__all__ = ["create_app", "Gateway", "GatewayConfig", "REQUEST_ID_HEADER", "ServerThread"]
+__all__ = ["create_app", "Gateway", "GatewayConfig", "REQUEST_ID_HEADER", "ServerThread", "http_protocol"]
 
 _MISSING = (
     "the aicortex gateway needs Starlette, uvicorn and prometheus-client: "
@@ -115,10 +115,10 @@ def __getattr__(name: str) -> Any:
         if _default_app is None:
             _default_app = create_app()
         return _default_app
-    if name == "ServerThread":
-        from ._server import ServerThread
+    if name in ("ServerThread", "http_protocol"):
+        from . import _server
 
-        return ServerThread
+        return getattr(_server, name)
     if name in ("Gateway", "GatewayConfig", "REQUEST_ID_HEADER"):
         _require()
         from . import _app as module
