@@ -17,45 +17,39 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Mapping
 
-from .._exceptions import (
-    AICortexError,
-    AllServersFailed,
-    BadRequest,
-    ConfigError,
-    DeadlineExceeded,
-    HTTPStatusError,
-    ModelNotFound,
-    ServerModelNotFound,
-)
+from .._exceptions import AICortexError, ConfigError, ModelNotFound
 from .._protocol import model_key
 from . import _openai
 from ._limits import Busy, Limiter
-from ._relay import OUTPUT_EVENTS, Relay, encode
+from ._reply import (
+    JSON_TYPE,
+    REQUEST_ID_HEADER,
+    Fail,
+    FleetReply,
+    Message,
+    ProtocolName,
+    Raw,
+    Receive,
+    Scope,
+    Send,
+    fail_of,
+    fail_response,
+    json_response,
+)
 from ._security import KeyRing
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
 
     from .._client import AsyncClient
-    from .._stream import AsyncStream
 
-__all__ = ["GatewayConfig", "Gateway", "REQUEST_ID_HEADER"]
+__all__ = ["GatewayConfig", "Gateway", "REQUEST_ID_HEADER", "JSON_TYPE"]
 
 logger = logging.getLogger("aicortex.gateway")
 access_logger = logging.getLogger("aicortex.gateway.access")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ProtocolName = Literal["ollama", "openai"]
-
-#: Response header naming the fleet request (also in the final chunk's ``aicortex`` object
-#: and the access log).
-REQUEST_ID_HEADER = "x-aicortex-request-id"
-JSON_TYPE = "application/json; charset=utf-8"
 #: Paths answered without an API key (liveness probes).
 OPEN_PATHS = frozenset(("/", "/health"))
 
@@ -89,275 +83,6 @@ class GatewayConfig:
     refresh_interval_s: float | None = 30.0
     api_keys: tuple[str, ...] = field(default=(), repr=False)
 
-
-class _Fail(Exception):
-    """An HTTP error answer: ``status`` and the message (shaped per protocol later)."""
-
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-
-
-def _error_bytes(protocol: ProtocolName, status: int, message: str, code: str | None = None) -> bytes:
-    if protocol == "openai":
-        return encode(_openai.error_object(message, status, code=code))
-    return encode({"error": message})
-
-
-async def _send_body(send: Send, status: int, body: bytes, content_type: str = JSON_TYPE, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *(headers or [])],
-    })
-    await send({"type": "http.response.body", "body": body})
-
-
-class _Raw:
-    """A finished response as an ASGI app (JSON by default)."""
-
-    def __init__(self, status: int, body: bytes, content_type: str = JSON_TYPE, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b"" if scope.get("method") == "HEAD" else self.body
-        await send({
-            "type": "http.response.start", "status": self.status,
-            "headers": [
-                (b"content-type", self.content_type.encode()), (b"content-length", str(len(self.body)).encode()),
-                *(self.headers or []),
-            ],
-        })
-        await send({"type": "http.response.body", "body": body})
-
-
-def _json(obj: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> _Raw:
-    return _Raw(status, encode(obj), headers=headers)
-
-
-def _fail_response(protocol: ProtocolName, fail: _Fail) -> _Raw:
-    headers = [(b"www-authenticate", b"Bearer")] if fail.status == 401 else None
-    return _Raw(fail.status, _error_bytes(protocol, fail.status, fail.message, fail.code), headers=headers)
-
-
-def _attempt_kinds(exc: AllServersFailed | DeadlineExceeded) -> str:
-    kinds = [type(a.error).__name__ for a in exc.attempts if a.error is not None]
-    return ", ".join(kinds) or "none"
-
-
-def fail_of(exc: AICortexError, *, model: str, embed: bool = False) -> _Fail:
-    """The HTTP answer for an error raised before any output reached the client.
-
-    Ollama's texts (``docs/api.md``, ``server/routes.go``): an unknown model is 404
-    ``model 'x' not found`` (``model "x" not found, try pulling it first`` on the embed
-    routes); a 400 from a server is passed on; when every server failed, a 429 or 503
-    that all of them gave is passed on, else 502 (a gateway's upstream failure); a
-    deadline is 504. The fleet's server URLs are not shown to the client."""
-    not_found = f'model "{model}" not found, try pulling it first' if embed else f"model '{model}' not found"
-    if isinstance(exc, ConfigError):
-        return _Fail(400, str(exc))
-    if isinstance(exc, (ModelNotFound, ServerModelNotFound)):
-        return _Fail(404, not_found, "model_not_found")
-    if isinstance(exc, BadRequest):
-        return _Fail(400, exc.error or str(exc))
-    if isinstance(exc, AllServersFailed):
-        errors = [a.error for a in exc.attempts if a.error is not None]
-        if errors and all(isinstance(e, ServerModelNotFound) for e in errors):
-            return _Fail(404, not_found, "model_not_found")
-        statuses = {e.status_code for e in errors if isinstance(e, HTTPStatusError)}
-        if errors and len(statuses) == 1 and statuses <= {429, 503} and all(isinstance(e, HTTPStatusError) for e in errors):
-            last = errors[-1]
-            assert isinstance(last, HTTPStatusError)
-            return _Fail(last.status_code, last.error or str(last))
-        if not exc.attempts:  # every server was down at the last refresh
-            return _Fail(502, f"no server of the fleet is up to serve model '{model}'")
-        return _Fail(502, f"every server of the fleet failed this request ({len(exc.attempts)} attempts: {_attempt_kinds(exc)})")
-    if isinstance(exc, DeadlineExceeded):
-        return _Fail(504, f"the request's deadline of {exc.deadline_s:g} s ran out ({_attempt_kinds(exc)})")
-    if isinstance(exc, HTTPStatusError):
-        return _Fail(exc.status_code, exc.error or str(exc))
-    return _Fail(500, f"{type(exc).__name__}: the fleet could not answer this request")
-
-
-def _midstream_error(exc: AICortexError) -> str:
-    return f"the reply broke and no server could continue it ({type(exc).__name__}); the partial reply above is incomplete"
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return when the client has gone away (``http.disconnect``)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-class _FleetReply:
-    """One generating request, sent to the fleet and relayed to the client (an ASGI app).
-
-    It holds a :class:`~aicortex.gateway._limits.Limiter` slot for its whole life, and a
-    client that goes away cancels it at once: the upstream connection is closed (the
-    server stops generating) whether the reply was queued, waiting for its first token or
-    streaming.
-    """
-
-    def __init__(
-        self, gw: "Gateway", *, protocol: ProtocolName, endpoint: Literal["chat", "generate"], body: dict[str, Any],
-        model: str, stream: bool, client_key: str, request_id: str, include_usage: bool = False,
-    ) -> None:
-        self.gw, self.protocol, self.endpoint, self.body = gw, protocol, endpoint, body
-        self.model, self.stream, self.client_key, self.request_id = model, stream, client_key, request_id
-        self.include_usage = include_usage
-        self.created = int(time.time())
-        #: The whole answer was sent (what is left is draining the upstream body).
-        self.responded = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        info = scope.setdefault("aicortex", {})
-        work = asyncio.ensure_future(self._run(send, info))
-        watch = asyncio.ensure_future(_disconnected(receive))
-        try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if self.responded and not work.done():
-                await asyncio.wait({work})  # answered; only the upstream drain is left
-        finally:
-            if not work.done():
-                info["disconnected"] = True
-                work.cancel()
-            watch.cancel()
-            results = await asyncio.gather(work, watch, return_exceptions=True)
-        error = results[0]
-        if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
-            raise error
-
-    def _headers(self) -> list[tuple[bytes, bytes]]:
-        return [(REQUEST_ID_HEADER.encode(), self.request_id.encode())]
-
-    async def _fail(self, send: Send, fail: _Fail) -> None:
-        await _send_body(send, fail.status, _error_bytes(self.protocol, fail.status, fail.message, fail.code), headers=self._headers())
-
-    async def _run(self, send: Send, info: dict[str, Any]) -> None:
-        info["request_id"] = self.request_id
-        try:
-            async with self.gw.limiter.slot(self.client_key):
-                await self._serve(send, info)
-        except Busy as exc:
-            await self._fail(send, _Fail(503, str(exc)))
-
-    async def _open(self) -> "AsyncStream":
-        gw = self.gw
-        await gw.ensure_fresh()
-        try:
-            return await gw.client._forward(self.endpoint, self.body, stream=True)  # type: ignore[return-value]
-        except ModelNotFound:
-            if not await gw.refresh_if_older(5.0):  # a model pulled since the last refresh?
-                raise
-            return await gw.client._forward(self.endpoint, self.body, stream=True)  # type: ignore[return-value]
-
-    async def _serve(self, send: Send, info: dict[str, Any]) -> None:
-        try:
-            stream = await self._open()
-        except AICortexError as exc:
-            await self._fail(send, fail_of(exc, model=self.model))
-            return
-        relay = Relay(
-            self.protocol, endpoint=self.endpoint, model=self.model, request_id=self.request_id, created=self.created,
-            include_usage=self.include_usage, structured=self.body.get("format") not in (None, ""),
-            templated=self.endpoint == "generate" and not self.body.get("raw"),
-        )
-        try:
-            first: list[Any] = []
-            try:
-                async for ev in stream:  # nothing is sent before the first output (as Ollama)
-                    first.append(ev)
-                    if ev.type in OUTPUT_EVENTS or ev.type == "end":
-                        break
-            except AICortexError as exc:
-                await self._fail(send, fail_of(exc, model=self.model))
-                self._account(stream, relay, info)
-                return
-            if not self.stream:
-                await self._whole(send, stream, relay)
-            else:
-                await self._relay(send, stream, relay, first)
-            self._account(stream, relay, info)
-        finally:
-            await stream.aclose()
-
-    async def _whole(self, send: Send, stream: "AsyncStream", relay: Relay) -> None:
-        """A non-streamed answer: the whole reply in one JSON body."""
-        try:
-            reply = await stream.reply()
-        except AICortexError as exc:
-            await self._fail(send, fail_of(exc, model=self.model))
-            return
-        extra = {"aicortex": relay.trailer(reply.server, reply.attempts)}
-        if self.protocol == "openai":
-            body = _openai.chat_completion(self.request_id, self.model, self.created, reply.message, reply.usage, extra)
-        else:
-            from .._shapes import reply_body
-
-            body = reply_body(reply, endpoint=self.endpoint, model=self.model)
-            body.update(extra)
-        await _send_body(send, 200, encode(body), headers=self._headers())
-
-    async def _relay(self, send: Send, stream: "AsyncStream", relay: Relay, first: list[Any]) -> None:
-        """A streamed answer: NDJSON or SSE, one write per event."""
-        await send({
-            "type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", relay.content_type.encode()), *self._headers()],
-        })
-        out = b"".join(self._bytes(relay, stream, ev) for ev in first)
-        if out:
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-        if relay.broken is None and not (first and first[-1].type == "end"):
-            try:
-                async for ev in stream:
-                    data = self._bytes(relay, stream, ev)
-                    if data:
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-                    if relay.broken is not None or ev.type == "end":
-                        break
-            except AICortexError as exc:
-                data = relay.error(_midstream_error(exc))
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-        self.responded = True
-        if stream.complete and relay.broken is None:
-            # The flow drains the finished upstream body after ``end`` so that its
-            # connection goes back to the pool (closing it would cost a new TCP
-            # connection per request); the client already has its whole answer.
-            try:
-                async for _ in stream:
-                    pass
-            except AICortexError:  # pragma: no cover - the reply was complete
-                pass
-
-    def _bytes(self, relay: Relay, stream: "AsyncStream", ev: Any) -> bytes:
-        if ev.type == "end":
-            return relay.finish(
-                usage=stream.usage, server=stream.server, attempts=stream.attempts,
-                context=stream._session.context, tool_calls=bool(stream.tool_calls),
-            )
-        return relay.event(ev)
-
-    def _account(self, stream: "AsyncStream", relay: Relay, info: dict[str, Any]) -> None:
-        """Metrics and the access log's fields for this reply (never raises)."""
-        m = self.gw.metrics
-        try:
-            attempts = stream.attempts
-            for a in attempts[1:]:
-                m.failover("retry" if a.mode == "fresh" else a.mode)
-            if relay.broken is not None:
-                m.failover("broken")
-            if stream.complete:
-                m.reply(stream.server, self.model, stream.ttft_s, stream.tokens_per_second)
-            info.update(
-                server=stream.server or (attempts[-1].server if attempts else None), attempts=len(attempts),
-                ttft_s=stream.ttft_s, broken=relay.broken is not None,
-            )
-        except Exception:  # pragma: no cover - bookkeeping never hurts a reply
-            logger.debug("accounting failed", exc_info=True)
 
 
 class Gateway:
@@ -433,7 +158,7 @@ class Gateway:
             if path not in OPEN_PATHS:
                 ok, why = self.keys.check(headers)
                 if not ok:
-                    await _fail_response(protocol, _Fail(401, why, "invalid_api_key"))(scope, receive, send_status)
+                    await fail_response(protocol, Fail(401, why, "invalid_api_key"))(scope, receive, send_status)
                     return
             hot = self._hot.get(path) if scope.get("method") == "POST" else None
             if hot is not None:
@@ -537,7 +262,7 @@ class Gateway:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _Fail(413, f"request body too large: {declared} bytes; the limit is {limit} bytes")
+            raise Fail(413, f"request body too large: {declared} bytes; the limit is {limit} bytes")
 
         async def read() -> bytes:
             parts: list[bytes] = []
@@ -545,31 +270,31 @@ class Gateway:
             async for part in request.stream():
                 size += len(part)
                 if size > limit:
-                    raise _Fail(413, f"request body too large: more than {limit} bytes")
+                    raise Fail(413, f"request body too large: more than {limit} bytes")
                 parts.append(part)
             return b"".join(parts)
 
         try:
             raw = await asyncio.wait_for(read(), self.config.body_timeout_s)
         except asyncio.TimeoutError:
-            raise _Fail(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s") from None
-        except _Fail:
+            raise Fail(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s") from None
+        except Fail:
             raise
         except Exception as exc:  # the client went away while sending
-            raise _Fail(400, f"the request body could not be read: {type(exc).__name__}") from None
+            raise Fail(400, f"the request body could not be read: {type(exc).__name__}") from None
         if not raw.strip():
             return None
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:
-            raise _Fail(400, f"invalid JSON in the request body: {exc}") from None
+            raise Fail(400, f"invalid JSON in the request body: {exc}") from None
 
     async def _object(self, request: "Request", protocol: ProtocolName, *, empty: str) -> dict[str, Any]:
         body = await self._read_json(request, protocol)
         if body is None:
-            raise _Fail(400, empty)
+            raise Fail(400, empty)
         if not isinstance(body, dict):
-            raise _Fail(400, f"the request body must be a JSON object, not {type(body).__name__}")
+            raise Fail(400, f"the request body must be a JSON object, not {type(body).__name__}")
         return body
 
     @staticmethod
@@ -583,7 +308,7 @@ class Gateway:
     # -- Ollama routes -----------------------------------------------------------------------
     async def root(self, request: "Request") -> Any:
         """``GET /`` and ``HEAD /``: ``Ollama is running`` (text/plain), as Ollama answers."""
-        return _Raw(200, b"Ollama is running", "text/plain; charset=utf-8")
+        return Raw(200, b"Ollama is running", "text/plain; charset=utf-8")
 
     async def health(self, request: "Request") -> Any:
         """``GET /health``: the gateway's own state and the fleet's servers (up or not)."""
@@ -594,19 +319,19 @@ class Gateway:
             "status": "ok" if up else "degraded", "servers": len(servers), "servers_up": len(up),
             "models": len(snap.entries), "in_flight": self.limiter.active, "queued": self.limiter.queued,
         }
-        return _json(body)
+        return json_response(body)
 
     async def prometheus(self, request: "Request") -> Any:
         """``GET /metrics``: Prometheus text format."""
         data, content_type = self.metrics.exposition()
-        return _Raw(200, data, content_type)
+        return Raw(200, data, content_type)
 
     async def version(self, request: "Request") -> Any:
         """``GET /api/version``: the lowest Ollama version among the fleet's up servers (so
         a client's feature gates hold on every server), ``0.0.0`` when none is known."""
         await self.ensure_fresh()
         versions = [s.version for s in self.client.fleet.snapshot.servers if s.enabled and s.version and s.status != "down"]
-        return _json({"version": min(versions, key=_version_key) if versions else "0.0.0"})
+        return json_response({"version": min(versions, key=_version_key) if versions else "0.0.0"})
 
     async def tags(self, request: "Request") -> Any:
         """``GET /api/tags``: the union of the fleet's models, one entry per model (the
@@ -622,7 +347,7 @@ class Gateway:
                 "digest": e.digest, "details": dict(e.details),
             })
         models.sort(key=lambda m: str(m["name"]))
-        return _json({"models": models})
+        return json_response({"models": models})
 
     async def ps(self, request: "Request") -> Any:
         """``GET /api/ps``: the union of every server's loaded models, live, one entry per
@@ -636,17 +361,18 @@ class Gateway:
                 data = await client._transport.request_json(
                     url, "GET", "/api/ps", connect_timeout_s=client.timeouts.connect, read_timeout_s=client.probe_timeout_s,
                 )
-                models = json.loads(data).get("models")
-                return models if isinstance(models, list) else []
-            except (AICortexError, ValueError, AttributeError):
+                obj = json.loads(data)
+            except (AICortexError, ValueError):
                 return []
+            models = obj.get("models") if isinstance(obj, dict) else None
+            return models if isinstance(models, list) else []
 
         seen: dict[str, Any] = {}
         for models in await asyncio.gather(*(one(u) for u in servers)):
             for m in models:
                 if isinstance(m, dict) and isinstance(m.get("name"), str):
                     seen.setdefault(model_key(m["name"]), m)
-        return _json({"models": list(seen.values())})
+        return json_response({"models": list(seen.values())})
 
     async def show(self, request: "Request") -> Any:
         """``POST /api/show``: the first server's answer that has the model."""
@@ -654,15 +380,15 @@ class Gateway:
             body = await self._object(request, "ollama", empty="missing request body")
             model = body.get("model") or body.get("name")
             if not isinstance(model, str) or not model:
-                raise _Fail(400, "model is required")
+                raise Fail(400, "model is required")
             await self.ensure_fresh()
             try:
                 result = await self.client.show(model)
             except AICortexError as exc:
                 raise fail_of(exc, model=model) from None
-            return _json(dict(result))
-        except _Fail as fail:
-            return _fail_response("ollama", fail)
+            return json_response(dict(result))
+        except Fail as fail:
+            return fail_response("ollama", fail)
 
     async def chat(self, request: "Request") -> Any:
         """``POST /api/chat`` (Ollama ``docs/api.md``, "Generate a chat completion")."""
@@ -678,25 +404,25 @@ class Gateway:
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 if endpoint == "generate":
-                    raise _Fail(404, f"model '{model or ''}' not found")
-                raise _Fail(400, "model is required")
+                    raise Fail(404, f"model '{model or ''}' not found")
+                raise Fail(400, "model is required")
             stream = body.get("stream", True) is not False
             if endpoint == "chat":
                 messages = body.get("messages")
                 if messages is not None and (not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages)):
-                    raise _Fail(400, "messages must be a list of message objects")
+                    raise Fail(400, "messages must be a list of message objects")
                 if not messages:  # a load (or unload) request: one JSON object, never a stream
                     stream = False
             elif not body.get("prompt"):
                 if body.get("prompt") is not None and not isinstance(body.get("prompt"), str):
-                    raise _Fail(400, "prompt must be a string")
+                    raise Fail(400, "prompt must be a string")
                 stream = False
             upstream = {**body, "stream": True}
-        except _Fail as fail:
-            return _fail_response("ollama", fail)
+        except Fail as fail:
+            return fail_response("ollama", fail)
         info = self._info(request)
         info["model"] = model
-        return _FleetReply(
+        return FleetReply(
             self, protocol="ollama", endpoint=endpoint, body=upstream, model=model, stream=stream,
             client_key=info.get("client", "?"), request_id=self._request_id(),
         )
@@ -721,24 +447,24 @@ class Gateway:
             body = await self._object(request, "ollama", empty="missing request body")
             model = body.get("model")
             if not isinstance(model, str) or not model:
-                raise _Fail(400, "model is required")
+                raise Fail(400, "model is required")
             raw = body.get("input")
             inputs = [raw] if isinstance(raw, str) else raw
             if inputs is None or inputs == "" or inputs == []:
-                return _json({"model": model, "embeddings": []})
+                return json_response({"model": model, "embeddings": []})
             if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
-                raise _Fail(400, "invalid input type")
+                raise Fail(400, "invalid input type")
             kw = {k: body.get(k) for k in ("truncate", "dimensions", "options", "keep_alive")}
             started = time.perf_counter_ns()
             try:
                 result = await self._embed_vectors(request, model, inputs, **kw)
             except AICortexError as exc:
                 raise fail_of(exc, model=model, embed=True) from None
-            return _json({"model": model, "embeddings": result.embeddings, "total_duration": time.perf_counter_ns() - started})
+            return json_response({"model": model, "embeddings": result.embeddings, "total_duration": time.perf_counter_ns() - started})
         except Busy as exc:
-            return _fail_response("ollama", _Fail(503, str(exc)))
-        except _Fail as fail:
-            return _fail_response("ollama", fail)
+            return fail_response("ollama", Fail(503, str(exc)))
+        except Fail as fail:
+            return fail_response("ollama", fail)
 
     async def embeddings_legacy(self, request: "Request") -> Any:
         """``POST /api/embeddings`` (the legacy route): ``{"model", "prompt"}`` ->
@@ -747,21 +473,21 @@ class Gateway:
             body = await self._object(request, "ollama", empty="missing request body")
             model = body.get("model")
             if not isinstance(model, str) or not model:
-                raise _Fail(400, "model is required")
+                raise Fail(400, "model is required")
             prompt = body.get("prompt")
             if not prompt:
-                return _json({"embedding": []})
+                return json_response({"embedding": []})
             if not isinstance(prompt, str):
-                raise _Fail(400, "prompt must be a string")
+                raise Fail(400, "prompt must be a string")
             try:
                 result = await self._embed_vectors(request, model, [prompt], options=body.get("options"), keep_alive=body.get("keep_alive"))
             except AICortexError as exc:
                 raise fail_of(exc, model=model, embed=True) from None
-            return _json({"embedding": result.embeddings[0]})
+            return json_response({"embedding": result.embeddings[0]})
         except Busy as exc:
-            return _fail_response("ollama", _Fail(503, str(exc)))
-        except _Fail as fail:
-            return _fail_response("ollama", fail)
+            return fail_response("ollama", Fail(503, str(exc)))
+        except Fail as fail:
+            return fail_response("ollama", fail)
 
     # -- OpenAI routes -----------------------------------------------------------------------
     async def openai_chat(self, request: "Request") -> Any:
@@ -772,12 +498,12 @@ class Gateway:
             try:
                 upstream, stream, include_usage = _openai.chat_request(body)
             except ConfigError as exc:
-                raise _Fail(400, str(exc)) from None
-        except _Fail as fail:
-            return _fail_response("openai", fail)
+                raise Fail(400, str(exc)) from None
+        except Fail as fail:
+            return fail_response("openai", fail)
         info = self._info(request)
         info["model"] = model = upstream["model"]
-        return _FleetReply(
+        return FleetReply(
             self, protocol="openai", endpoint="chat", body=upstream, model=model, stream=stream,
             client_key=info.get("client", "?"), request_id="chatcmpl-" + self._request_id()[:24],
             include_usage=include_usage,
@@ -794,7 +520,7 @@ class Gateway:
     async def openai_models(self, request: "Request") -> Any:
         """``GET /v1/models``: the fleet's models as OpenAI model objects."""
         await self.ensure_fresh()
-        return _json(_openai.models_list(self._model_entries()))
+        return json_response(_openai.models_list(self._model_entries()))
 
     async def openai_model(self, request: "Request") -> Any:
         """``GET /v1/models/{model}``: one model object, or 404."""
@@ -802,8 +528,8 @@ class Gateway:
         name = request.path_params["model"]
         for entry, stamp in self._model_entries():
             if model_key(entry) == model_key(name):
-                return _json(_openai.model_object(entry, stamp))
-        return _fail_response("openai", _Fail(404, f"The model '{name}' does not exist", "model_not_found"))
+                return json_response(_openai.model_object(entry, stamp))
+        return fail_response("openai", Fail(404, f"The model '{name}' does not exist", "model_not_found"))
 
     async def openai_embeddings(self, request: "Request") -> Any:
         """``POST /v1/embeddings``: float or base64 (little-endian float32) vectors."""
@@ -812,30 +538,30 @@ class Gateway:
             try:
                 model, inputs, dims, encoding = _openai.embeddings_request(body)
             except ConfigError as exc:
-                raise _Fail(400, str(exc)) from None
+                raise Fail(400, str(exc)) from None
             try:
                 result = await self._embed_vectors(request, model, inputs, dimensions=dims)
             except AICortexError as exc:
                 fail = fail_of(exc, model=model, embed=True)
                 if fail.status == 404:
-                    fail = _Fail(404, f"The model '{model}' does not exist", "model_not_found")
+                    fail = Fail(404, f"The model '{model}' does not exist", "model_not_found")
                 raise fail from None
-            return _json(_openai.embeddings_reply(model, result.embeddings, encoding))
+            return json_response(_openai.embeddings_reply(model, result.embeddings, encoding))
         except Busy as exc:
-            return _fail_response("openai", _Fail(503, str(exc)))
-        except _Fail as fail:
-            return _fail_response("openai", fail)
+            return fail_response("openai", Fail(503, str(exc)))
+        except Fail as fail:
+            return fail_response("openai", fail)
 
     # -- Ollama's router answers --------------------------------------------------------------
     async def _not_found(self, request: "Request", exc: Exception) -> Any:
         if request.url.path.startswith("/v1/"):
-            return _fail_response("openai", _Fail(404, f"unknown path {request.url.path}"))
-        return _Raw(404, b"404 page not found", "text/plain")
+            return fail_response("openai", Fail(404, f"unknown path {request.url.path}"))
+        return Raw(404, b"404 page not found", "text/plain")
 
     async def _not_allowed(self, request: "Request", exc: Exception) -> Any:
         if request.url.path.startswith("/v1/"):
-            return _fail_response("openai", _Fail(405, f"method {request.method} not allowed on {request.url.path}"))
-        return _Raw(405, b"405 method not allowed", "text/plain")
+            return fail_response("openai", Fail(405, f"method {request.method} not allowed on {request.url.path}"))
+        return Raw(405, b"405 method not allowed", "text/plain")
 
 
 def _version_key(version: str) -> tuple[int, ...]:
