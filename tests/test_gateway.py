@@ -560,3 +560,26 @@ def test_slow_loris_headers_get_the_connection_closed(fleet):
     # a request whose headers arrive in time is served as usual, also after a slow reply
     r = httpx.post(fl.url + "/api/chat", json={"model": MODEL, "messages": ask(), "stream": False}, timeout=30)
     assert r.json()["message"]["content"] == FULL
+
+
+def test_a_restart_is_invisible_when_nothing_was_sent_yet(fleet):
+    # stream: false, structured output: the engine restarts the reply on the next server
+    # after a mid-reply failure; the client had received nothing, so it sees one answer.
+    fl = fleet()
+    fl.fakes[0].push(Script(tokens=WORDS, token_delay=0.001, drop_after=10))
+    body = httpx.post(fl.url + "/api/chat", json={"model": MODEL, "messages": ask(), "format": "json", "stream": False}).json()
+    assert body["message"]["content"] == FULL and body["aicortex"]["failovers"] == ["restart"]
+    fl.fakes[1].push(Script(tokens=WORDS, token_delay=0.001, drop_after=10))  # fakes[0]'s breaker is open now
+    done = fl.openai().chat.completions.create(model=MODEL, messages=ask(), response_format={"type": "json_object"})
+    assert done.choices[0].message.content == FULL
+    assert fl.fakes[1].chat_requests[-1].tokens_sent == 10 and fl.fakes[2].chat_requests[-1].completed
+
+
+def test_keys_guard_metrics_but_not_liveness(fleet):
+    fl = fleet(api_keys=[KEY])
+    assert httpx.get(fl.url + "/metrics").status_code == 401
+    assert httpx.get(fl.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert httpx.get(fl.url + "/health").status_code == 200
+    assert httpx.head(fl.url + "/").status_code == 200
+    r = httpx.get(fl.url + "/v1/models")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
