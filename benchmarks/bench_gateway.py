@@ -52,7 +52,7 @@ def gateway(urls: list[str], http: str = "auto", loop: str = "auto") -> None:
     import uvicorn
 
     from aicortex import Registry
-    from aicortex.gateway import create_app
+    from aicortex.gateway import create_app, http_protocol
 
     from bench_async import _raise_nofile
 
@@ -62,11 +62,11 @@ def gateway(urls: list[str], http: str = "auto", loop: str = "auto") -> None:
         reg.add(u)
     # every client is 127.0.0.1 here: no per-client limit; room for every stream
     app = create_app(reg, per_client=None, max_active=4096, max_queue=4096, refresh_interval_s=None)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", access_log=False, backlog=4096, timeout_graceful_shutdown=1, http=http, loop=loop,  # type: ignore[arg-type]
+        app, log_level="warning", access_log=False, backlog=4096, timeout_graceful_shutdown=1, http=http_protocol(kind=http), loop=loop,  # type: ignore[arg-type]
     ))
 
     def watch_stdin() -> None:

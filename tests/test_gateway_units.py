@@ -311,3 +311,40 @@ def test_module_level_app_for_uvicorn(tmp_path, monkeypatch):
         monkeypatch.setattr(gateway, "_default_app", None)
     with pytest.raises(AttributeError):
         gateway.nope  # noqa: B018
+
+
+def test_http_protocol_sets_tcp_nodelay_on_sockets_asyncio_leaves_alone():
+    # A listening socket made without IPPROTO_TCP (proto 0) gives accepted sockets that
+    # asyncio does not set TCP_NODELAY on; Nagle then held every chunk after the first
+    # for the client's delayed ACK (~40 ms a chunk, seen through ServerThread).
+    import socket
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from aicortex.gateway import http_protocol
+
+    async def run():
+        config = uvicorn.Config(lambda scope, receive, send: None, log_level="warning")
+        config.load()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        loop = asyncio.get_running_loop()
+        try:
+            for kind in ("h11", "auto"):
+                cls = http_protocol(kind=kind)
+                client = socket.create_connection(listener.getsockname())
+                sock, _ = listener.accept()
+                assert sock.proto == 0 and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: cls(config=config, server_state=ServerState(), app_state={}), sock,
+                )
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                transport.close()
+                client.close()
+                await asyncio.sleep(0)
+        finally:
+            listener.close()
+
+    asyncio.run(run())

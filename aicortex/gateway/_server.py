@@ -17,10 +17,19 @@ __all__ = ["ServerThread", "http_protocol", "HEADERS_TIMEOUT_S"]
 HEADERS_TIMEOUT_S = 10.0
 
 
-def http_protocol(headers_timeout_s: float = HEADERS_TIMEOUT_S) -> type:
-    """uvicorn's HTTP protocol class as ``http="auto"`` picks it (httptools when installed,
-    else h11), closing a connection whose request headers do not arrive within
-    ``headers_timeout_s`` seconds. Pass it as ``uvicorn.Config(http=...)``.
+def http_protocol(headers_timeout_s: float = HEADERS_TIMEOUT_S, kind: str = "auto") -> type:
+    """uvicorn's HTTP protocol class (``kind``: ``"auto"`` picks httptools when installed,
+    else h11, as uvicorn does; or ``"h11"`` / ``"httptools"``), with two changes for a
+    streaming gateway; pass it as ``uvicorn.Config(http=...)``:
+
+    - a connection whose request headers do not arrive within ``headers_timeout_s``
+      seconds is closed (a slow-loris client);
+    - every connection has ``TCP_NODELAY``. asyncio sets it only on sockets whose
+      ``proto`` is ``IPPROTO_TCP``, and a listening socket made with
+      ``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0, as uvicorn's own ``--fd`` /
+      ``sockets=`` paths and many process managers hand over) gives accepted sockets
+      proto 0: Nagle's algorithm then holds every small chunk after the first until the
+      client's delayed ACK, about 40 ms a chunk on Linux.
 
     It relies on what both of uvicorn's protocols have: ``cycle`` (the request being
     served, ``None`` before the first), ``loop``, ``transport``, ``data_received`` and
@@ -29,7 +38,7 @@ def http_protocol(headers_timeout_s: float = HEADERS_TIMEOUT_S) -> type:
     import importlib.util
 
     base: Any
-    if importlib.util.find_spec("httptools") is not None:
+    if kind == "httptools" or (kind == "auto" and importlib.util.find_spec("httptools") is not None):
         from uvicorn.protocols.http import httptools_impl
 
         base = httptools_impl.HttpToolsProtocol
@@ -60,6 +69,12 @@ def http_protocol(headers_timeout_s: float = HEADERS_TIMEOUT_S) -> type:
                 self.transport.close()
 
         def connection_made(self, transport: Any) -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:  # pragma: no cover - a socket that is already gone
+                    pass
             super().connection_made(transport)
             self._arm()
 
@@ -114,7 +129,7 @@ class ServerThread:
         """Bind, start serving and wait until uvicorn is ready (lifespan startup done)."""
         import uvicorn
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
