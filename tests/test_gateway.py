@@ -583,3 +583,35 @@ def test_keys_guard_metrics_but_not_liveness(fleet):
     assert httpx.head(fl.url + "/").status_code == 200
     r = httpx.get(fl.url + "/v1/models")
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_openai_text_completions(fleet):
+    fl = fleet()
+    client = fl.openai(max_retries=0)
+    fl.fakes[0].push(Script(status=503))  # before the first token: invisible
+    text, finish, usage = "", None, None
+    for chunk in client.completions.create(model=MODEL, prompt="Once", stream=True, max_tokens=50,
+                                           stream_options={"include_usage": True}):
+        text += "".join(c.text for c in chunk.choices)
+        finish = next((c.finish_reason for c in chunk.choices if c.finish_reason), finish)
+        usage = chunk.usage or usage
+    assert text == FULL and finish == "stop" and usage.completion_tokens > 0
+    sent = fl.fakes[1].generate_requests[-1].body
+    assert sent["prompt"] == "Once" and sent["options"] == {"num_predict": 50} and sent["stream"] is True
+    # not streamed: a mid-reply failure is restarted before anything reached the client
+    fl.fakes[1].push(Script(tokens=WORDS, drop_after=5))  # fakes[0]'s breaker is open now
+    done = client.completions.create(model=MODEL, prompt="Once", suffix="The end.")
+    assert done.choices[0].text == FULL and done.object == "text_completion"
+    assert fl.fakes[2].generate_requests[-1].body["suffix"] == "The end."
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="Once", echo=True)
+
+
+def test_openai_text_completion_restart_after_output_is_an_error_event(fleet):
+    fl = fleet()
+    fl.fakes[0].push(Script(tokens=WORDS, token_delay=0.002, drop_after=5))
+    got = ""
+    with pytest.raises(openai.APIError, match="cannot be continued"):
+        for chunk in fl.openai(max_retries=0).completions.create(model=MODEL, prompt="Once", stream=True):
+            got += "".join(c.text for c in chunk.choices)
+    assert got == "".join(WORDS[:5])

@@ -348,3 +348,15 @@ def test_http_protocol_sets_tcp_nodelay_on_sockets_asyncio_leaves_alone():
             listener.close()
 
     asyncio.run(run())
+
+
+def test_completion_fast_path_writes_what_the_shape_writes():
+    r = Relay("openai", endpoint="generate", model="m", request_id="cmpl-1", created=5)
+    first = r.event(tok("a"))
+    assert r.event(StreamEvent("thinking", "hmm")) == b""  # no place for thinking in a text completion
+    fast = r.event(tok('b "c"'))
+    assert json.loads(first[6:]) == _openai.completion_chunk("cmpl-1", "m", 5, "a")
+    assert json.loads(fast[6:]) == _openai.completion_chunk("cmpl-1", "m", 5, 'b "c"')
+    tail = [e for e in r.finish(usage=Usage(done_reason="length"), server="s", attempts=(Attempt("s", 1),)).split(b"\n\n") if e]
+    assert json.loads(tail[0][6:])["choices"][0] == {"text": "", "index": 0, "finish_reason": "length"}
+    assert tail[-1] == b"data: [DONE]"

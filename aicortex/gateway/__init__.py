@@ -20,7 +20,7 @@ or build it in code::
 
 Routes: ``/``, ``/api/version``, ``/api/tags``, ``/api/ps``, ``/api/show``,
 ``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``,
-``/v1/chat/completions``, ``/v1/models``, ``/v1/models/{model}``, ``/v1/embeddings``,
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/v1/models/{model}``, ``/v1/embeddings``,
 ``/health``, ``/metrics``.
 
 Needs the ``gateway`` extra: ``pip install 'aicortex[gateway]'`` (Starlette, uvicorn,

@@ -123,6 +123,7 @@ class Gateway:
             Route("/api/embed", self.embed, methods=["POST"]),
             Route("/api/embeddings", self.embeddings_legacy, methods=["POST"]),
             Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
+            Route("/v1/completions", self.openai_completions, methods=["POST"]),
             Route("/v1/models", self.openai_models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.openai_model, methods=["GET"]),
             Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
@@ -135,6 +136,7 @@ class Gateway:
         # ``send`` calls per streamed chunk): they handle their own errors.
         self._hot: dict[str, Callable[["Request"], Awaitable[Any]]] = {
             "/api/chat": self.chat, "/api/generate": self.generate, "/v1/chat/completions": self.openai_chat,
+            "/v1/completions": self.openai_completions,
         }
 
     # -- ASGI --------------------------------------------------------------------------------
@@ -509,6 +511,27 @@ class Gateway:
             include_usage=include_usage,
         )
 
+    async def openai_completions(self, request: "Request") -> Any:
+        """``POST /v1/completions`` (OpenAI's legacy text completions) over Ollama's
+        ``/api/generate``: streamed as SSE ``text_completion`` chunks, or one object. A
+        reply broken mid-stream is restarted (a templated prompt cannot be continued), so
+        once text was sent it ends with an error event."""
+        try:
+            body = await self._object(request, "openai", empty="the request body is empty: send a JSON object")
+            try:
+                upstream, stream, include_usage = _openai.completion_request(body)
+            except ConfigError as exc:
+                raise Fail(400, str(exc)) from None
+        except Fail as fail:
+            return fail_response("openai", fail)
+        info = self._info(request)
+        info["model"] = model = upstream["model"]
+        return FleetReply(
+            self, protocol="openai", endpoint="generate", body=upstream, model=model, stream=stream,
+            client_key=info.get("client", "?"), request_id="cmpl-" + self._request_id()[:24],
+            include_usage=include_usage,
+        )
+
     def _model_entries(self) -> list[tuple[str, str]]:
         out = []
         for entries in self.client.fleet.snapshot.entries.values():
@@ -574,7 +597,7 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 _ROUTES = (
     "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/api/tags", "/api/ps", "/api/version",
-    "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/metrics", "/health",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/metrics", "/health",
 )
 
 

@@ -44,6 +44,9 @@ __all__ = [
     "model_object",
     "embeddings_request",
     "embeddings_reply",
+    "completion_request",
+    "completion_chunk",
+    "completion",
     "ERROR_TYPES",
 ]
 
@@ -155,6 +158,80 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Ollama ``options`` from OpenAI's sampling fields."""
+    options: dict[str, Any] = {}
+    for name in _OPTION_FIELDS:
+        if body.get(name) is not None:
+            options[name] = body[name]
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        options["num_predict"] = limit
+    stop = body.get("stop")
+    if stop is not None:
+        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    return options
+
+
+def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    stream = bool(body.get("stream"))
+    stream_options = body.get("stream_options") or {}
+    return stream, bool(stream and isinstance(stream_options, Mapping) and stream_options.get("include_usage"))
+
+
+def completion_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
+    """An Ollama ``/api/generate`` body for an OpenAI ``/v1/completions`` body (``prompt``,
+    ``suffix``, the sampling fields), and ``(body, stream, include_usage)``; the Ollama
+    body always says ``"stream": true``.
+
+    Raises:
+        ConfigError: no model; ``prompt`` not a string (or a list of one string); ``n``
+            other than 1; ``echo`` or ``best_of`` other than 1 (not supported).
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError("you must provide a model parameter")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ConfigError("prompt must be a string (one prompt per request; token arrays are not supported)")
+    if body.get("n") not in (None, 1) or body.get("best_of") not in (None, 1):
+        raise ConfigError("n and best_of must be 1: the gateway returns one choice")
+    if body.get("echo"):
+        raise ConfigError("echo is not supported")
+    out: dict[str, Any] = {"model": model, "prompt": prompt, "stream": True}
+    if isinstance(body.get("suffix"), str) and body["suffix"]:
+        out["suffix"] = body["suffix"]
+    options = _sampling(body)
+    if options:
+        out["options"] = options
+    stream, include_usage = _stream_flags(body)
+    return out, stream, include_usage
+
+
+def completion_chunk(request_id: str, model: str, created: int, text: str, finish: str | None = None) -> dict[str, Any]:
+    """One streamed ``text_completion`` object with a single choice."""
+    return {
+        "id": request_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_aicortex",
+        "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+    }
+
+
+def completion(
+    request_id: str, model: str, created: int, text: str, usage: Usage | None, extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The non-streamed ``text_completion`` object of a whole reply."""
+    out = completion_chunk(request_id, model, created, text, finish_reason(usage.done_reason if usage else None, False))
+    out["usage"] = usage_of(usage)
+    out.update(extra or {})
+    return out
+
+
 def chat_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     """An Ollama ``/api/chat`` body for an OpenAI ``/v1/chat/completions`` body, and
     ``(body, stream, include_usage)``. The Ollama body always says ``"stream": true``
@@ -170,16 +247,7 @@ def chat_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     n = body.get("n")
     if n not in (None, 1):
         raise ConfigError("n must be 1: the gateway returns one choice")
-    options: dict[str, Any] = {}
-    for name in _OPTION_FIELDS:
-        if body.get(name) is not None:
-            options[name] = body[name]
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None:
-        options["num_predict"] = limit
-    stop = body.get("stop")
-    if stop is not None:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    options = _sampling(body)
     out: dict[str, Any] = {"model": model, "messages": _messages(body.get("messages")), "stream": True}
     if options:
         out["options"] = options
@@ -199,9 +267,7 @@ def chat_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
         out["think"] = effort
     elif effort == "none":
         out["think"] = False
-    stream = bool(body.get("stream"))
-    stream_options = body.get("stream_options") or {}
-    include_usage = bool(stream and isinstance(stream_options, Mapping) and stream_options.get("include_usage"))
+    stream, include_usage = _stream_flags(body)
     return out, stream, include_usage
 
 

@@ -66,8 +66,9 @@ class Relay:
     """One reply's events -> the client's bytes (see the module docstring).
 
     Args:
-        protocol: ``"ollama"`` (NDJSON) or ``"openai"`` (SSE chat completion chunks).
-        endpoint: ``"chat"`` or ``"generate"`` (Ollama only).
+        protocol: ``"ollama"`` (NDJSON) or ``"openai"`` (SSE).
+        endpoint: ``"chat"`` or ``"generate"`` (OpenAI: chat completion chunks, or the
+            ``text_completion`` objects of ``/v1/completions``).
         model: the model name as the client sent it (echoed, as Ollama does).
         request_id: the fleet request's id (OpenAI ``id``; ``aicortex.request_id``).
         created: Unix seconds (OpenAI ``created``).
@@ -101,7 +102,13 @@ class Relay:
         # The fast path of the common chunk (a token without logprobs): its JSON is the
         # same as event_chunk's / _openai.chunk's, written from pre-encoded pieces.
         name = encode_basestring(model)
-        if protocol == "openai":
+        if protocol == "openai" and endpoint == "generate":  # /v1/completions
+            self._head = (
+                f'data: {{"id":{encode_basestring(request_id)},"object":"text_completion","created":{int(created)},'
+                f'"model":{name},"system_fingerprint":"fp_aicortex","choices":[{{"text":'
+            ).encode()
+            self._tail = b',"index":0,"finish_reason":null}]}\n\n'
+        elif protocol == "openai":
             self._head = (
                 f'data: {{"id":{encode_basestring(request_id)},"object":"chat.completion.chunk","created":{int(created)},'
                 f'"model":{name},"system_fingerprint":"fp_aicortex","choices":[{{"index":0,"delta":{{"content":'
@@ -142,6 +149,11 @@ class Relay:
                 return b""
             if kind == "tool_call":
                 self._tools += 1
+            if self.protocol == "openai" and self.endpoint == "generate":
+                if kind != "token":  # a text completion has no place for thinking
+                    return b""
+                self.sent = True
+                return self._frame(_openai.completion_chunk(self.request_id, self.model, self.created, ev.content))
             if self.protocol == "openai":
                 delta = _openai.delta_of(ev, first=not self.sent, tool_index=self._tools - 1)
                 self.sent = True
@@ -186,7 +198,12 @@ class Relay:
         extra = {"aicortex": self.trailer(server, attempts)}
         if self.protocol == "openai":
             reason = _openai.finish_reason(usage.done_reason if usage else None, tool_calls or self._tools > 0)
-            out = self._frame(_openai.finish_chunk(self.request_id, self.model, self.created, reason, extra))
+            if self.endpoint == "generate":
+                last = _openai.completion_chunk(self.request_id, self.model, self.created, "", reason)
+                last.update(extra)
+                out = self._frame(last)
+            else:
+                out = self._frame(_openai.finish_chunk(self.request_id, self.model, self.created, reason, extra))
             if self.include_usage:
                 out += self._frame(_openai.usage_chunk(self.request_id, self.model, self.created, usage))
             return out + b"data: [DONE]\n\n"

@@ -247,7 +247,9 @@ class FleetReply:
             await self._fail(send, fail_of(exc, model=self.model))
             return
         extra = {"aicortex": relay.trailer(reply.server, reply.attempts)}
-        if self.protocol == "openai":
+        if self.protocol == "openai" and self.endpoint == "generate":
+            body = _openai.completion(self.request_id, self.model, self.created, reply.text, reply.usage, extra)
+        elif self.protocol == "openai":
             body = _openai.chat_completion(self.request_id, self.model, self.created, reply.message, reply.usage, extra)
         else:
             from .._shapes import reply_body
