@@ -45,3 +45,31 @@ def test_ollama_client_through_the_gateway_survives_a_sigkill_mid_reply(real_sta
         reference = direct.chat(STORY, model=MODEL, options=OPTIONS).text
     assert text[:60] == reference[:60]
     reg.close()
+
+
+def test_openai_client_through_the_gateway_survives_a_sigkill_mid_reply(real_stacks):
+    import openai
+
+    stacks = real_stacks(2)
+    reg = Registry.memory()
+    for i, s in enumerate(stacks):
+        reg.add(s.url, name=f"stack{i}", priority=20 - 10 * i)
+    with ServerThread(create_app(reg, refresh_interval_s=None)) as gateway:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        text, chunks, finish = "", 0, None
+        try:
+            for chunk in client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": STORY}], stream=True, temperature=0, max_tokens=80,
+            ):
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+                    finish = choice.finish_reason or finish
+                chunks += 1
+                if chunks == 10:
+                    partial = text
+                    stacks[0].kill_front()  # SIGKILL, mid-reply
+        finally:
+            client.close()
+    assert finish in ("stop", "length") and text.startswith(partial) and len(text) > len(partial)
+    assert text.count(partial[:20]) == 1
+    reg.close()
