@@ -615,3 +615,17 @@ def test_openai_text_completion_restart_after_output_is_an_error_event(fleet):
         for chunk in fl.openai(max_retries=0).completions.create(model=MODEL, prompt="Once", stream=True):
             got += "".join(c.text for c in chunk.choices)
     assert got == "".join(WORDS[:5])
+
+
+def test_show_and_legacy_embeddings(fleet):
+    fl = fleet()
+    r = httpx.post(fl.url + "/api/show", json={"model": MODEL})
+    assert r.status_code == 200 and "template" in r.json() and "model_info" in r.json()
+    assert httpx.post(fl.url + "/api/show", json={}).json() == {"error": "model is required"}
+    assert httpx.post(fl.url + "/api/show", content=b"").json() == {"error": "missing request body"}
+    r = httpx.post(fl.url + "/api/show", json={"model": "nope"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'nope' not found"})
+    legacy = httpx.post(fl.url + "/api/embeddings", json={"model": MODEL, "prompt": "a"}).json()
+    modern = httpx.post(fl.url + "/api/embed", json={"model": MODEL, "input": "a"}).json()
+    assert legacy == {"embedding": modern["embeddings"][0]} and len(legacy["embedding"]) == 8
+    assert httpx.post(fl.url + "/api/embed", json={"model": MODEL, "input": [1, 2]}).json() == {"error": "invalid input type"}
