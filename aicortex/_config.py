@@ -35,6 +35,7 @@ __all__ = [
     "env_model",
     "env_registry_path",
     "env_ollama_host",
+    "env_gateway_keys",
     "mask_url",
     "looks_like_url",
     "is_postgres_url",
@@ -366,3 +367,10 @@ def env_model() -> str | None:
 def env_ollama_host() -> str:
     """The server an empty registry is seeded with: ``OLLAMA_HOST`` parsed, or the default."""
     return parse_host(os.environ.get("OLLAMA_HOST"))
+
+
+def env_gateway_keys() -> tuple[str | None, str | None]:
+    """The gateway's API keys as configured in the environment:
+    ``(AICORTEX_GATEWAY_KEYS, AICORTEX_GATEWAY_KEYS_FILE)`` (comma-separated keys; a file
+    of one key per line), each ``None`` when unset or empty."""
+    return os.environ.get("AICORTEX_GATEWAY_KEYS") or None, os.environ.get("AICORTEX_GATEWAY_KEYS_FILE") or None

@@ -18,6 +18,7 @@ Commands::
     aicortex unload MODEL [--server S]... [--json]
     aicortex top [--interval S] [--once]
     aicortex registry copy SOURCE DESTINATION [--json]
+    aicortex serve [--host 127.0.0.1] [--port 11435] [--keys-file PATH] [--insecure] [limits]
 
 ``--db PATH`` goes before the command (``aicortex --db PATH models``, env
 ``AICORTEX_DB``) or after it (``aicortex models --db PATH``, which wins); default:
@@ -940,6 +941,75 @@ def unload(model: str, server_names: tuple[str, ...], as_json: bool, db: str | N
         names = _names(client)
         results = client.unload(model, _targets(server_names))
     _echo_results(results, names, as_json, "unloaded", f"{model} is loaded nowhere.")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=11435, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option(
+    "--keys-file", type=click.Path(dir_okay=False, path_type=str), default=None,
+    help="File of API keys, one per line (also env AICORTEX_GATEWAY_KEYS, comma-separated, "
+    "or AICORTEX_GATEWAY_KEYS_FILE). With keys, clients send 'Authorization: Bearer KEY'.",
+)
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without API keys.")
+@click.option("--max-active", default=512, show_default=True, type=click.IntRange(1), help="Generating requests in flight at once.")
+@click.option("--max-queue", default=1024, show_default=True, type=click.IntRange(0), help="Requests waiting beyond that (then 503).")
+@click.option("--per-client", default=128, show_default=True, type=click.IntRange(0), help="Requests in flight per client key or IP (0: no limit).")
+@click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Largest request body, MiB (then 413).")
+@click.option("--headers-timeout", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Seconds a connection may take to send its request headers (slow-loris), then closed.")
+@click.option("--refresh-interval", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds between fleet refreshes (0: only at start).")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]), help="Log level (access log lines are info).")
+@db_option
+def serve(
+    host: str, port: int, keys_file: str | None, insecure: bool, max_active: int, max_queue: int, per_client: int,
+    max_body_mb: float, headers_timeout: float, refresh_interval: float, log_level: str, db: str | None,
+) -> None:
+    """Run the gateway: the Ollama and OpenAI APIs in front of the fleet.
+
+    Every client of Ollama or OpenAI gets mid-reply failover that it does not see
+    (needs `pip install 'aicortex[gateway]'`).
+
+    Point any Ollama client at http://HOST:PORT (OLLAMA_HOST=HOST:PORT) and any OpenAI
+    client at http://HOST:PORT/v1. A non-loopback --host needs API keys (or --insecure).
+    """
+    import logging
+
+    from .gateway import create_app
+    from .gateway._security import is_loopback, load_keys
+    from .gateway._server import http_protocol
+
+    with library_errors():
+        keys = load_keys(keys_file=keys_file)
+    if not is_loopback(host) and not keys and not insecure:
+        raise click.ClickException(
+            f"refusing to serve on {host} without API keys: anyone who can reach it could use the fleet. "
+            "Set AICORTEX_GATEWAY_KEYS or --keys-file, bind 127.0.0.1, or pass --insecure"
+        )
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise click.ClickException("the gateway needs uvicorn: pip install 'aicortex[gateway]'") from exc
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    gw_log = logging.getLogger("aicortex.gateway")
+    gw_log.addHandler(handler)
+    gw_log.setLevel(log_level.upper())
+    with open_registry(db) as reg:
+        with library_errors():
+            app = create_app(
+                reg, api_keys=keys, max_active=max_active, max_queue=max_queue, per_client=per_client or None,
+                max_body_bytes=int(max_body_mb * 1024 * 1024), refresh_interval_s=refresh_interval or None,
+            )
+        servers = [s for s in reg.servers() if s.enabled]
+        click.echo(
+            f"{PREFIX} gateway on http://{host}:{port} (Ollama API; OpenAI API under /v1), "
+            f"{_plural(len(servers), 'server')}, API keys {'on' if keys else 'off'}",
+            err=True,
+        )
+        uvicorn.run(
+            app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+            http=http_protocol(headers_timeout),
+        )
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -6,7 +6,7 @@
     python benchmarks/run_all.py --only stream,import
 
 Benchmarks: import (2), stream (1), failover (3), concurrency (4), async (6), percall (7),
-real (5), scale (9), hedge (10). Results go to benchmarks/results/<name>.json (gitignored)
+real (5), embed (8), scale (9), hedge (10), gateway (11). Results go to benchmarks/results/<name>.json (gitignored)
 and a summary to results/summary.json.
 Exit status 1 if a benchmark crashed; missed targets are reported, not failures.
 """
@@ -28,6 +28,7 @@ import bench_concurrency  # noqa: E402
 import bench_embed  # noqa: E402
 import bench_failover  # noqa: E402
 import bench_hedge  # noqa: E402
+import bench_gateway  # noqa: E402
 import bench_import  # noqa: E402
 import bench_percall  # noqa: E402
 import bench_real  # noqa: E402
@@ -45,6 +46,7 @@ BENCHMARKS = {
     "async": bench_async.run,
     "percall": bench_percall.run,
     "embed": bench_embed.run,
+    "gateway": bench_gateway.run,
     "real": bench_real.run,
     "scale": bench_scale.run,
 }

@@ -236,3 +236,16 @@ def test_scale(pg_server, tmp_path, capsys):
     assert [r[0] for r in data["rows"]] == ["SQLite", "PostgreSQL (+ leases of another process)"]
     assert all(r[1] == 30 and r[2] == 4 and r[-1] == 29 for r in data["rows"])  # all but the one in cooldown
     assert "requests in flight elsewhere" in out and data["targets"]["route_p99_ms"] > 0
+
+
+def test_gateway(tmp_path, capsys):
+    import bench_gateway
+
+    result = bench_gateway.run(quick=True)
+    out, data = _emit(result, tmp_path, capsys)
+    _check_table(out, result["columns"], 2)
+    rows = {r["path"]: r for r in data["rows"]}
+    assert all(r["errors"] == 0 for r in rows.values())
+    gw = rows["gateway (h11 + asyncio)"]
+    assert gw["chunks_total"] == 20 * 10 and gw["gateway_cpu_us_per_chunk"] > 0
+    assert gw["added_ttft_ms_p99"] is not None

@@ -78,7 +78,7 @@ def test_command_tree_is_what_we_mean():
     assert {" ".join(p) for p, _ in ALL_COMMANDS} == {
         "servers", "servers add", "servers list", "servers remove", "servers enable",
         "servers disable", "refresh", "models", "chat", "bench",
-        "ps", "show", "pull", "delete", "copy", "warm", "unload", "registry", "registry copy", "top",
+        "ps", "show", "pull", "delete", "copy", "warm", "unload", "registry", "registry copy", "top", "serve",
     }
 
 
