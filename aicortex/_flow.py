@@ -50,6 +50,7 @@ from __future__ import annotations
 from typing import Any, Generator, Mapping
 
 from ._health import Outcome
+from ._models import StreamEvent
 from ._session import AttemptPlan, Candidate, ChatSession
 
 __all__ = [
@@ -197,6 +198,19 @@ TIMED_OUT: Any = _TimedOut()
 Step = Generator[Any, Any, None]
 
 
+def _feed(s: ChatSession, data: Any) -> list[StreamEvent]:
+    """Hand one read's result to the session and return its events: bytes (``b""`` is
+    the end of the body), ``TIMED_OUT`` (a limit expired) or the transport's
+    ``ServerError``."""
+    if data.__class__ is bytes:
+        return s.receive(data) if data else s.receive_eof()
+    if data is TIMED_OUT:
+        s.timed_out()
+    else:
+        s.transport_failed(data)
+    return []
+
+
 def chat_flow(s: ChatSession) -> Step:
     """The request flow of one chat: see the module docstring for the protocol."""
     yield s.start()
@@ -237,17 +251,8 @@ def chat_flow(s: ChatSession) -> Step:
             while not s.attempt_done:
                 read.events = events
                 data = yield read
-                if data.__class__ is bytes:
-                    events = s.receive(data) if data else s.receive_eof()
-                    if not data:
-                        break
-                elif data is TIMED_OUT:
-                    events = []
-                    s.timed_out()
-                else:
-                    events = []
-                    s.transport_failed(data)
-                if s.attempt_done:
+                events = _feed(s, data)
+                if s.attempt_done or data == b"":
                     break
                 if not flowing and s.has_output:
                     flowing = True
@@ -289,14 +294,7 @@ def _race(s: ChatSession, plan: AttemptPlan, hedge_at: float) -> Generator[Any, 
             continue
         number, data = got
         s.switch(number)
-        if data.__class__ is bytes:
-            events = s.receive(data) if data else s.receive_eof()
-        elif data is TIMED_OUT:
-            events = []
-            s.timed_out()
-        else:
-            events = []
-            s.transport_failed(data)
+        events = _feed(s, data)
         if s.has_output or (s.attempt_done and s.attempt_error is None):  # the winner
             if len(lanes) > 1:
                 losers, meta = s.settle()
