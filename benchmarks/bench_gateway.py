@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark 9, the gateway under load: S concurrent streaming clients (default 500) through
+"""Benchmark 11, the gateway under load: S concurrent streaming clients (default 500) through
 ``aicortex serve`` over N loopback servers (default 4), against the same clients connected
 directly to the servers, in the same run.
 
@@ -196,7 +196,7 @@ def run(quick: bool = False, streams: int | None = None, servers: int = 4, token
             notes.append(f"ERRORS ({r['path']}): " + "; ".join(r["errors_sample"][:3]))
     return {
         "name": "gateway",
-        "title": f"9. Gateway under load ({streams:,} concurrent streams over {servers} servers)",
+        "title": f"11. Gateway under load ({streams:,} concurrent streams over {servers} servers)",
         "columns": ["pace", "path", "errors", "chunks/s", "TTFT p50 ms", "TTFT p99 ms", "added TTFT p99 ms",
                     "client CPU us/chunk", "gateway CPU us/chunk", "gateway CPU share"],
         "rows": rows,
