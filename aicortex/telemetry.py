@@ -137,6 +137,22 @@ def _api() -> Any:
     return api
 
 
+def _usage_attrs(usage: Any) -> dict[str, Any]:
+    """The GenAI usage attributes of a reply's server-reported figures
+    (``gen_ai.usage.input_tokens`` / ``output_tokens``, ``gen_ai.response.finish_reasons``);
+    ``{}`` for ``None``."""
+    attrs: dict[str, Any] = {}
+    if usage is None:
+        return attrs
+    if usage.prompt_eval_count is not None:
+        attrs["gen_ai.usage.input_tokens"] = usage.prompt_eval_count
+    if usage.eval_count is not None:
+        attrs["gen_ai.usage.output_tokens"] = usage.eval_count
+    if usage.done_reason:
+        attrs["gen_ai.response.finish_reasons"] = [usage.done_reason]
+    return attrs
+
+
 def record_request(s: "ChatSession") -> None:
     """Record the spans and metrics of the request ``s`` once it ended (the drivers call
     this from their ``finally``). Never raises."""
@@ -182,13 +198,7 @@ def _record(api: Any, s: "ChatSession", now: float) -> None:
     usage = s.usage
     if s.complete:
         attrs.update(_server(s.server))
-        if usage is not None:
-            if usage.prompt_eval_count is not None:
-                attrs["gen_ai.usage.input_tokens"] = usage.prompt_eval_count
-            if usage.eval_count is not None:
-                attrs["gen_ai.usage.output_tokens"] = usage.eval_count
-            if usage.done_reason:
-                attrs["gen_ai.response.finish_reasons"] = [usage.done_reason]
+        attrs.update(_usage_attrs(usage))
     if s.ttft_s is not None:
         attrs["gen_ai.response.time_to_first_chunk"] = s.ttft_s
     if error is not None:
@@ -215,13 +225,8 @@ def _record(api: Any, s: "ChatSession", now: float) -> None:
             a_attrs["gen_ai.response.time_to_first_chunk"] = a.ttft_s
         if a.error is not None:
             a_attrs["error.type"] = type(a.error).__name__
-        elif a.ok and s.complete and a.server == s.server and usage is not None:
-            if usage.prompt_eval_count is not None:
-                a_attrs["gen_ai.usage.input_tokens"] = usage.prompt_eval_count
-            if usage.eval_count is not None:
-                a_attrs["gen_ai.usage.output_tokens"] = usage.eval_count
-            if usage.done_reason:
-                a_attrs["gen_ai.response.finish_reasons"] = [usage.done_reason]
+        elif a.ok and s.complete and a.server == s.server:
+            a_attrs.update(_usage_attrs(usage))
         child = api.tracer.start_span(
             f"{operation} {s.model} attempt", context=context, kind=trace.SpanKind.CLIENT, attributes=a_attrs,
             start_time=_ns(a.started_at),

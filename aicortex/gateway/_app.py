@@ -495,31 +495,29 @@ class Gateway:
     async def openai_chat(self, request: "Request") -> Any:
         """``POST /v1/chat/completions``: streamed as SSE chunks (with a ``usage`` chunk
         when ``stream_options.include_usage``), or one ``chat.completion`` object."""
-        try:
-            body = await self._object(request, "openai", empty="the request body is empty: send a JSON object")
-            try:
-                upstream, stream, include_usage = _openai.chat_request(body)
-            except ConfigError as exc:
-                raise Fail(400, str(exc)) from None
-        except Fail as fail:
-            return fail_response("openai", fail)
-        info = self._info(request)
-        info["model"] = model = upstream["model"]
-        return FleetReply(
-            self, protocol="openai", endpoint="chat", body=upstream, model=model, stream=stream,
-            client_key=info.get("client", "?"), request_id="chatcmpl-" + self._request_id()[:24],
-            include_usage=include_usage,
-        )
+        return await self._openai_generating(request, _openai.chat_request, "chat", "chatcmpl-")
 
     async def openai_completions(self, request: "Request") -> Any:
         """``POST /v1/completions`` (OpenAI's legacy text completions) over Ollama's
         ``/api/generate``: streamed as SSE ``text_completion`` chunks, or one object. A
         reply broken mid-stream is restarted (a templated prompt cannot be continued), so
         once text was sent it ends with an error event."""
+        return await self._openai_generating(request, _openai.completion_request, "generate", "cmpl-")
+
+    async def _openai_generating(
+        self,
+        request: "Request",
+        translate: "Callable[[Mapping[str, Any]], tuple[dict[str, Any], bool, bool]]",
+        endpoint: "Literal['chat', 'generate']",
+        id_prefix: str,
+    ) -> Any:
+        """An OpenAI request that generates: its body read and translated to Ollama's
+        (``translate``: a 400 in OpenAI's shape when it is wrong), then the reply relayed
+        from the fleet, its ``id`` ``id_prefix`` + the request id."""
         try:
             body = await self._object(request, "openai", empty="the request body is empty: send a JSON object")
             try:
-                upstream, stream, include_usage = _openai.completion_request(body)
+                upstream, stream, include_usage = translate(body)
             except ConfigError as exc:
                 raise Fail(400, str(exc)) from None
         except Fail as fail:
@@ -527,8 +525,8 @@ class Gateway:
         info = self._info(request)
         info["model"] = model = upstream["model"]
         return FleetReply(
-            self, protocol="openai", endpoint="generate", body=upstream, model=model, stream=stream,
-            client_key=info.get("client", "?"), request_id="cmpl-" + self._request_id()[:24],
+            self, protocol="openai", endpoint=endpoint, body=upstream, model=model, stream=stream,
+            client_key=info.get("client", "?"), request_id=id_prefix + self._request_id()[:24],
             include_usage=include_usage,
         )
 
