@@ -144,9 +144,3 @@ def reply_body(reply: Reply, *, endpoint: Endpoint, model: str | None = None, st
         body["logprobs"] = [dict(entry) for entry in reply.logprobs]
     return body
 
-
-def error_body(message: str) -> dict[str, str]:
-    """Ollama's error shape, for an HTTP error body and for the in-stream error line:
-    ``{"error": message}`` (``docs/api.md`` "Errors")."""
-    return {"error": message}
-
